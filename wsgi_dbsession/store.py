@@ -1,0 +1,295 @@
+"""The sessions table and every statement sent to it.
+
+:class:`SessionStore` is usable on its own (``get``/``set``/``touch``/
+``destroy``/``prune``/``count``/``clear``); the session object uses the
+lower-level ``load``/``write``/``replace``/``rename`` that speak in the exact
+JSON text stored, which change detection and compare-and-set rely on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from .dialects import UTC, ExpiryTimestamp, SessionJSON, strategy_for
+from .exceptions import ConfigurationError, StoreError, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SQLITE_FILE = "wsgi_dbsession.sqlite"
+# The drivers this package is tested with, used when a URL names none.
+_DEFAULT_DRIVERS = {"postgresql": "psycopg", "mysql": "pymysql", "mariadb": "pymysql", "mssql": "pymssql"}
+
+T = TypeVar("T")
+
+
+class Serializer(Protocol):
+    """Turns the session dict into the text of the ``sess`` column and back."""
+
+    def dumps(self, value: Any) -> str: ...
+
+    def loads(self, text: str) -> Any: ...
+
+
+class JSONSerializer:
+    """Compact JSON; NaN and infinities are refused because the column rejects them."""
+
+    def dumps(self, value: Any) -> str:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+    def loads(self, text: str) -> Any:
+        return json.loads(text)
+
+
+@dataclass(frozen=True)
+class StoredSession:
+    """One live row: the exact ``sess`` text and its expiry (aware UTC)."""
+
+    text: str
+    expires: dt.datetime
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(UTC)
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Give a bare ``postgresql://``, ``mysql://`` or ``mssql://`` URL its tested driver."""
+    parsed = make_url(url)
+    if "+" not in parsed.drivername and parsed.drivername in _DEFAULT_DRIVERS:
+        parsed = parsed.set(drivername=f"{parsed.drivername}+{_DEFAULT_DRIVERS[parsed.drivername]}")
+    return parsed
+
+
+def create_engine(url: str | URL | None = None, **options: Any) -> Engine:
+    """An engine that sends each statement in one round trip.
+
+    Autocommit connections (no BEGIN/COMMIT), no rollback when a connection
+    goes back to the pool, no pre-ping (the store retries once after a
+    disconnect instead). ``url=None`` is the SQLite file
+    ``wsgi_dbsession.sqlite`` in the working directory, in WAL mode with a
+    5 s busy timeout and ``synchronous=NORMAL``. ``options`` go to
+    :func:`sqlalchemy.create_engine` and win over these defaults.
+    """
+    parsed = normalize_url(url if url is not None else f"sqlite:///{DEFAULT_SQLITE_FILE}")
+    defaults: dict[str, Any] = {
+        "isolation_level": "AUTOCOMMIT",
+        "pool_reset_on_return": None,
+        "skip_autocommit_rollback": True,
+        "pool_pre_ping": False,
+    }
+    if parsed.get_backend_name() in ("mysql", "mariadb"):
+        defaults["pool_recycle"] = 3600  # below MySQL's default wait_timeout of 8 hours
+    engine = sa.create_engine(parsed, **{**defaults, **options})
+    if engine.dialect.name == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets readers and one writer in several processes work at once;
+    # with WAL, synchronous=NORMAL keeps every committed transaction across a
+    # process crash (only an OS crash can lose the last ones) without an
+    # fsync per commit. Pass your own engine to choose FULL.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+class SessionStore:
+    """The sessions table of connect-session-knex, through SQLAlchemy Core.
+
+    Give ``url`` or ``engine`` (neither: the default SQLite file). The table
+    is created on first use when ``create_table`` is true, so a database that
+    is down when the process starts does not break the store for good.
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str | URL | None = None,
+        engine: Engine | None = None,
+        table_name: str = "sessions",
+        sid_column: str = "sid",
+        schema: str | None = None,
+        create_table: bool = True,
+        serializer: Serializer | None = None,
+    ) -> None:
+        if url is not None and engine is not None:
+            raise ConfigurationError("give url or engine, not both")
+        if schema is None and "." in table_name:
+            schema, table_name = table_name.split(".", 1)
+        if not table_name or not sid_column:
+            raise ConfigurationError("table_name and sid_column must not be empty")
+        self.engine = engine if engine is not None else create_engine(url)
+        self._owns_engine = engine is None
+        self.serializer: Serializer = serializer or JSONSerializer()
+        self.table = sa.Table(
+            table_name,
+            sa.MetaData(),
+            sa.Column(sid_column, sa.Unicode(255), primary_key=True),
+            sa.Column("sess", SessionJSON(), nullable=False),
+            sa.Column("expired", ExpiryTimestamp(), nullable=False),
+            sa.Index(f"{table_name}_expired_index", "expired"),
+            schema=schema,
+        )
+        self.dialect = strategy_for(self.engine.dialect)
+        self._table_ready = not create_table
+        self._table_lock = threading.Lock()
+
+        table, sid, expired = self.table, self.table.c[sid_column], self.table.c.expired
+        self._sid = sid
+        self._select = sa.select(self.dialect.sess_text(table.c.sess).label("sess"), expired).where(
+            sid == sa.bindparam("sid"), expired >= sa.bindparam("now", type_=ExpiryTimestamp())
+        )
+        self._replace = (
+            sa.update(table)
+            .where(sid == sa.bindparam("b_sid"))
+            .where(self.dialect.sess_equals(table.c.sess, sa.bindparam("expected", type_=sa.UnicodeText())))
+            .values(sess=sa.bindparam("sess"), expired=sa.bindparam("expired"))
+        )
+        self._rename = (
+            sa.update(table)
+            .where(sid == sa.bindparam("old_sid"))
+            .values(
+                {
+                    sid: sa.bindparam("new_sid"),
+                    "sess": sa.bindparam("sess"),
+                    "expired": sa.bindparam("expired"),
+                }
+            )
+        )
+        self._touch = (
+            sa.update(table).where(sid == sa.bindparam("b_sid")).values(expired=sa.bindparam("expired"))
+        )
+        self._delete = sa.delete(table).where(sid == sa.bindparam("b_sid"))
+
+    def __repr__(self) -> str:
+        url = self.engine.url.render_as_string(hide_password=True)
+        return f"<SessionStore {self.table.fullname!r} on {url!r}>"
+
+    # -- plumbing ---------------------------------------------------------
+
+    def run(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` on a pooled connection, retrying once after a disconnect.
+
+        A connection that died (database restarted, idle timeout) is noticed
+        by the statement that uses it; that statement runs again on a fresh
+        connection instead of paying a pre-ping on every checkout.
+        """
+        self._ensure_table()
+        for attempt in (1, 2):
+            try:
+                with self.engine.connect() as conn:
+                    result = work(conn)
+                    conn.commit()  # free with autocommit; ends the transaction on other engines
+                    return result
+            except DBAPIError as exc:
+                if exc.connection_invalidated and attempt == 1:
+                    log.info("session store connection was lost; retrying on a fresh one")
+                    continue
+                raise _store_error(exc) from exc
+        raise AssertionError("unreachable")
+
+    def _ensure_table(self) -> None:
+        if self._table_ready:
+            return
+        with self._table_lock:
+            if not self._table_ready:
+                self.create_table()
+
+    def create_table(self) -> None:
+        """Create the table and its expiry index when missing; safe to race."""
+        try:
+            with self.engine.connect() as conn:
+                self.table.create(conn, checkfirst=True)
+                conn.commit()
+        except DBAPIError as exc:
+            # Another process may have created it between our check and our CREATE.
+            if not sa.inspect(self.engine).has_table(self.table.name, schema=self.table.schema):
+                raise _store_error(exc) from exc
+        self._table_ready = True
+
+    def dispose(self) -> None:
+        """Close pooled connections (only those of an engine this store created)."""
+        if self._owns_engine:
+            self.engine.dispose()
+
+    # -- what the session object uses ---------------------------------------
+
+    def load(self, sid: str, now: dt.datetime | None = None) -> StoredSession | None:
+        """The live row for ``sid``; an expired row is never returned."""
+        params = {"sid": sid, "now": now or utcnow()}
+        row = self.run(lambda conn: conn.execute(self._select, params).first())
+        return None if row is None else StoredSession(row.sess, row.expired)
+
+    def write(self, sid: str, text: str, expires: dt.datetime) -> None:
+        """Insert or overwrite the row, in one statement (the dialect's upsert)."""
+        params = {self._sid.name: sid, "sess": text, "expired": expires}
+        self.run(lambda conn: self.dialect.upsert(conn, self.table, params))
+
+    def replace(self, sid: str, text: str, expires: dt.datetime, *, expected: str) -> bool:
+        """Compare-and-set: overwrite only while ``sess`` is still ``expected``."""
+        params = {"b_sid": sid, "sess": text, "expired": expires, "expected": expected}
+        return self.run(lambda conn: conn.execute(self._replace, params).rowcount) == 1
+
+    def rename(self, old_sid: str, new_sid: str, text: str, expires: dt.datetime) -> bool:
+        """Move a row to a new id with new contents, atomically (session regeneration)."""
+        params = {"old_sid": old_sid, "new_sid": new_sid, "sess": text, "expired": expires}
+        return self.run(lambda conn: conn.execute(self._rename, params).rowcount) == 1
+
+    # -- the public store API ------------------------------------------------
+
+    def get(self, sid: str) -> dict[str, Any] | None:
+        """The session data for ``sid``, or None when missing or expired."""
+        stored = self.load(sid)
+        return None if stored is None else dict(self.serializer.loads(stored.text))
+
+    def set(self, sid: str, data: dict[str, Any], expires: dt.datetime) -> None:
+        """Store ``data`` under ``sid`` until ``expires`` (an aware datetime)."""
+        self.write(sid, self.serializer.dumps(data), expires)
+
+    def touch(self, sid: str, expires: dt.datetime) -> bool:
+        """Move the expiry of an existing row; False when there is no such row."""
+        params = {"b_sid": sid, "expired": expires}
+        return self.run(lambda conn: conn.execute(self._touch, params).rowcount) == 1
+
+    def destroy(self, sid: str) -> None:
+        """Delete the row for ``sid`` (nothing happens when there is none)."""
+        self.run(lambda conn: conn.execute(self._delete, {"b_sid": sid}))
+
+    def prune(self, now: dt.datetime | None = None) -> int:
+        """Delete every expired row; returns how many went."""
+        stmt = sa.delete(self.table).where(
+            self.table.c.expired < sa.bindparam("now", type_=ExpiryTimestamp())
+        )
+        return self.run(lambda conn: conn.execute(stmt, {"now": now or utcnow()}).rowcount)
+
+    def count(self, *, expired: bool = False, now: dt.datetime | None = None) -> int:
+        """How many live rows there are (``expired=True``: how many expired ones)."""
+        column = self.table.c.expired
+        bound = sa.bindparam("now", type_=ExpiryTimestamp())
+        condition = column < bound if expired else column >= bound
+        stmt = sa.select(sa.func.count()).select_from(self.table).where(condition)
+        return int(self.run(lambda conn: conn.execute(stmt, {"now": now or utcnow()}).scalar_one()))
+
+    def clear(self) -> None:
+        """Delete every row, live or not."""
+        self.run(lambda conn: conn.execute(sa.delete(self.table)))
+
+
+def _store_error(exc: DBAPIError) -> StoreError:
+    if exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError)):
+        return StoreUnavailable(f"the session database is unavailable: {exc.orig!r}")
+    return StoreError(f"the session table could not be used: {exc.orig!r}")
