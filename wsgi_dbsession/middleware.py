@@ -141,7 +141,7 @@ class SessionMiddleware:
         # Changes made while the body was produced: the headers are gone, so
         # a write is still possible but a new cookie is not.
         try:
-            update = session.save(secure=self._secure(environ))
+            update = session.save(secure=self._secure(environ), touch=False)
         except Exception:
             log.exception("a session change made after the response started could not be saved")
             return

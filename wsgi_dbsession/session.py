@@ -294,12 +294,13 @@ class Session(MutableMapping[str, Any]):
 
     # -- saving -------------------------------------------------------------------
 
-    def save(self, *, secure: bool = False) -> CookieUpdate | None:
+    def save(self, *, secure: bool = False, touch: bool = True) -> CookieUpdate | None:
         """Write what changed; return what the response must do with the cookie.
 
         ``secure`` is whether the cookie goes out with the Secure flag (it is
-        recorded in express-session's cookie object). Safe to call again: a
-        second call writes only what changed since the first.
+        recorded in express-session's cookie object); ``touch=False`` skips the
+        rolling expiry update. Safe to call again: a second call writes only
+        what changed since the first.
         """
         if not self._loaded:
             return None
@@ -315,7 +316,7 @@ class Session(MutableMapping[str, Any]):
             return self._save_renamed(now, secure)
         if self._changed or self._dumps(self._data) != self._baseline:
             return self._save_changed(now, secure)
-        if self._factory.rolling and self._touch_due(now):
+        if touch and self._factory.rolling and self._touch_due(now):
             expires = now + dt.timedelta(seconds=self._lifetime())
             if store.touch(self._sid, expires):
                 self._expires = expires
