@@ -34,7 +34,7 @@ class SessionMiddleware:
         self,
         app: WSGIApplication,
         *,
-        secret: str | Sequence[str],  # >= 32 chars each; the first signs, every one verifies
+        secret: str | Sequence[str] | None = None,  # required: >= 32 chars each; the first signs, all verify
         url: str | URL | None = None,  # SQLAlchemy URL of the session database
         engine: Engine | None = None,  # or an Engine you built (then url must be None)
         environ_key: str = "dbsession",  # where the session is put in the WSGI environ

@@ -1,0 +1,113 @@
+"""Session ids and the signed cookie, in express-session's exact format (no database)."""
+
+from __future__ import annotations
+
+import pytest
+
+from wsgi_dbsession import ConfigurationError, SessionMiddleware
+from wsgi_dbsession.cookies import (
+    SessionCookie,
+    encode_value,
+    generate_sid,
+    is_valid_sid,
+    parse_secrets,
+    sign,
+    unsign,
+)
+
+# The test vector of ANCHORS.md, computed by express-session (cookie-signature).
+EXPRESS_SID = "DJW_JaSWR-41-zW3df0G0g7HB8t5bwK4"
+EXPRESS_SIGNED = "s:DJW_JaSWR-41-zW3df0G0g7HB8t5bwK4.Mlxlz9E4Fec+zWdLz/1GwBnUpo9w1vQ2H2FDxz1GAOY"
+EXPRESS_COOKIE = "s%3ADJW_JaSWR-41-zW3df0G0g7HB8t5bwK4.Mlxlz9E4Fec%2BzWdLz%2F1GwBnUpo9w1vQ2H2FDxz1GAOY"
+NEW_SECRET = "n" * 32
+OLD_SECRET = "o" * 32
+
+
+def test_signature_matches_express_session() -> None:
+    assert sign(EXPRESS_SID, "keyboard cat") == EXPRESS_SIGNED
+    assert encode_value(EXPRESS_SIGNED) == EXPRESS_COOKIE
+    assert unsign(EXPRESS_SIGNED, [b"keyboard cat"]) == EXPRESS_SID
+
+
+def test_express_cookie_is_read() -> None:
+    cookie = SessionCookie(name="connect.sid", secrets=(b"keyboard cat",))
+    assert cookie.read(f"theme=dark; connect.sid={EXPRESS_COOKIE}; other=1") == EXPRESS_SID
+    assert cookie.read(f'connect.sid="{EXPRESS_COOKIE}"') == EXPRESS_SID
+
+
+def test_set_cookie_header_carries_the_express_value_and_flags() -> None:
+    cookie = SessionCookie(
+        name="connect.sid", secrets=(b"keyboard cat",), domain="example.org", samesite="strict"
+    )
+    name, value = cookie.set_header(EXPRESS_SID, 3600, secure=True)
+    assert name == "Set-Cookie"
+    assert value.startswith(f"connect.sid={EXPRESS_COOKIE};")
+    for part in ("Max-Age=3600", "Path=/", "Domain=example.org", "secure", "HttpOnly", "SameSite=strict"):
+        assert part in value
+    browser_session = cookie.set_header(EXPRESS_SID, None, secure=False)[1]
+    assert "Max-Age" not in browser_session and "expires" not in browser_session.lower()
+
+
+def test_rotation_signs_with_the_first_secret_and_verifies_with_each() -> None:
+    secrets = parse_secrets([NEW_SECRET, OLD_SECRET])
+    sid = generate_sid()
+    assert unsign(sign(sid, OLD_SECRET), secrets) == sid
+    assert unsign(sign(sid, NEW_SECRET), secrets) == sid
+    assert unsign(sign(sid, "x" * 32), secrets) is None
+    cookie = SessionCookie(name="s", secrets=secrets)
+    assert encode_value(sign(sid, NEW_SECRET)) in cookie.set_header(sid, 60, secure=False)[1]
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "",
+        "connect.sid",
+        "connect.sid=",
+        "connect.sid=garbage",
+        "connect.sid=s%3A",
+        "connect.sid=s%3Ashort.sig",
+        "connect.sid=%ZZ%",
+        "connect.sid=%C3%28",
+        f"connect.sid={EXPRESS_COOKIE[:-1]}",
+        f"connect.sid=s%3A{'é' * 40}.sig",
+        "connect.sid=" + "A" * 100_000,
+    ],
+)
+def test_malformed_cookies_read_as_no_session(header: str | None) -> None:
+    cookie = SessionCookie(name="connect.sid", secrets=(b"keyboard cat",))
+    assert cookie.read(header) is None
+
+
+def test_generated_ids_are_long_random_and_valid() -> None:
+    ids = {generate_sid() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(len(sid) == 32 and is_valid_sid(sid) for sid in ids)
+
+
+@pytest.mark.parametrize(
+    "sid", ["", "short", "a" * 256, "has space here..", "semi;colon-123456", "dot.in.the.middle.x"]
+)
+def test_ids_of_the_wrong_length_or_alphabet_are_refused(sid: str) -> None:
+    assert not is_valid_sid(sid)
+    assert unsign(sign(sid, NEW_SECRET), [NEW_SECRET.encode()]) is None
+
+
+def test_secret_is_required_and_must_be_long() -> None:
+    with pytest.raises(ConfigurationError, match="secret is required"):
+        SessionMiddleware(lambda e, s: [], url="sqlite://", cleanup_interval=0)
+    with pytest.raises(ConfigurationError, match="at least 32"):
+        SessionMiddleware(lambda e, s: [], secret="keyboard cat", url="sqlite://", cleanup_interval=0)
+    with pytest.raises(ConfigurationError, match=r"secret #1"):
+        parse_secrets([NEW_SECRET, "short"])
+    with pytest.raises(ConfigurationError, match="empty"):
+        parse_secrets([])
+
+
+def test_secrets_never_appear_in_reprs() -> None:
+    cookie = SessionCookie(name="connect.sid", secrets=parse_secrets(NEW_SECRET))
+    assert NEW_SECRET not in repr(cookie)
+    middleware = SessionMiddleware(lambda e, s: [], secret=NEW_SECRET, url="sqlite://", cleanup_interval=0)
+    assert NEW_SECRET not in repr(middleware)
+    middleware.close()
