@@ -7,10 +7,13 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import pytest
 import webtest
 
-from conftest import StatementLog
+from conftest import SECRET, StatementLog
 from tests.test_middleware import MakeApp, set_cookies, sid_in
+from wsgi_dbsession import sign
+from wsgi_dbsession.cookies import encode_value, generate_sid
 
 
 def app_doing(action: Callable[[Any], Any]) -> Callable[..., list[bytes]]:
@@ -155,3 +158,25 @@ def test_session_works_in_an_app_that_starts_the_response_lazily(make_app: MakeA
     response: webtest.TestResponse = app.get("/")
     assert response.text == "ok"
     assert len(set_cookies(response)) == 1
+
+
+def test_a_session_first_used_while_the_body_streams_is_saved_only_if_the_client_has_it(
+    make_app: MakeApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    def streaming(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        yield b"headers are gone; "
+        session = environ["dbsession"]
+        session["late"] = session.get("late", 0) + 1
+        yield b"done"
+
+    app, middleware = make_app(streaming)
+    assert app.get("/").text == "headers are gone; done"
+    # A new session's cookie cannot follow the headers: storing it would only orphan a row.
+    assert middleware.store.count() == 0
+    assert "not stored" in caplog.text
+    sid = generate_sid()
+    middleware.store.set(sid, {"late": 10}, dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
+    app.set_cookie("connect.sid", encode_value(sign(sid, SECRET)))
+    app.get("/")
+    assert middleware.store.get(sid)["late"] == 11

@@ -117,12 +117,13 @@ class SessionMiddleware:
 
         try:
             app_iter = self.app(environ, session_start_response)
-            if not started:  # a generator app calls start_response on its first item
+            streaming = not started  # a generator app calls start_response on its first item
+            if streaming:
                 app_iter = _prime(app_iter)
         except SessionError as exc:
             return self.error_response(exc, start_response)
-        if not session.loaded:
-            return app_iter
+        if not session.loaded and not streaming:
+            return app_iter  # the body is already computed: the session can no longer change
         return _ClosingIterable(app_iter, lambda: self._save_late(session, environ))
 
     def _secure(self, environ: WSGIEnvironment) -> bool:
@@ -141,14 +142,9 @@ class SessionMiddleware:
         # Changes made while the body was produced: the headers are gone, so
         # a write is still possible but a new cookie is not.
         try:
-            update = session.save(secure=self._secure(environ), touch=False)
+            session.save(secure=self._secure(environ), headers_sent=True)
         except Exception:
             log.exception("a session change made after the response started could not be saved")
-            return
-        if update is not None and (update.sid is None or session.new):
-            log.warning(
-                "the session was created or ended after the response started; its cookie could not be sent"
-            )
 
     def error_response(self, exc: SessionError, start_response: StartResponse) -> list[bytes]:
         """The response for a request whose session could not be loaded or saved."""

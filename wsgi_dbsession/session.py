@@ -294,13 +294,15 @@ class Session(MutableMapping[str, Any]):
 
     # -- saving -------------------------------------------------------------------
 
-    def save(self, *, secure: bool = False, touch: bool = True) -> CookieUpdate | None:
+    def save(self, *, secure: bool = False, headers_sent: bool = False) -> CookieUpdate | None:
         """Write what changed; return what the response must do with the cookie.
 
         ``secure`` is whether the cookie goes out with the Secure flag (it is
-        recorded in express-session's cookie object); ``touch=False`` skips the
-        rolling expiry update. Safe to call again: a second call writes only
-        what changed since the first.
+        recorded in express-session's cookie object). ``headers_sent``: the
+        response has started, so no cookie can follow; a new session is then
+        not stored (its id could never reach the client) and no rolling touch
+        is made. Safe to call again: a second call writes only what changed
+        since the first.
         """
         if not self._loaded:
             return None
@@ -310,13 +312,18 @@ class Session(MutableMapping[str, Any]):
             self._doomed_sid = None
         now = utcnow()
         if not self._stored:
+            if headers_sent and self._data:
+                log.warning(
+                    "a session created after the response started was not stored: no cookie could carry it"
+                )
+                return None
             return self._save_new(now, secure)
         assert self._sid is not None
         if self._renamed_from is not None:
             return self._save_renamed(now, secure)
         if self._changed or self._dumps(self._data) != self._baseline:
             return self._save_changed(now, secure)
-        if touch and self._factory.rolling and self._touch_due(now):
+        if not headers_sent and self._factory.rolling and self._touch_due(now):
             expires = now + dt.timedelta(seconds=self._lifetime())
             if store.touch(self._sid, expires):
                 self._expires = expires
