@@ -97,10 +97,7 @@ class SessionMiddleware:
         return f"<SessionMiddleware {self.environ_key!r} {self.store!r}>"
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        if self.cleanup is not None:
-            self.cleanup.ensure_started()
-        session = self.factory.open(environ.get("HTTP_COOKIE"))
-        environ[self.environ_key] = session
+        session = self.open_session(environ)
         started = False
 
         def session_start_response(
@@ -108,12 +105,7 @@ class SessionMiddleware:
         ) -> Any:
             nonlocal started
             started = True
-            if session.loaded:
-                headers = [
-                    *headers,
-                    *self.cookie_headers(session.save(secure=self._secure(environ)), environ),
-                ]
-            return start_response(status, headers, exc_info)
+            return start_response(status, [*headers, *self.save_session(session, environ)], exc_info)
 
         try:
             app_iter = self.app(environ, session_start_response)
@@ -125,6 +117,29 @@ class SessionMiddleware:
         if not session.loaded and not streaming:
             return app_iter  # the body is already computed: the session can no longer change
         return _ClosingIterable(app_iter, lambda: self._save_late(session, environ))
+
+    def open_session(self, environ: WSGIEnvironment) -> Session:
+        """The request's session, put at ``environ[environ_key]``; nothing is read yet.
+
+        Also starts the prune job in this process on its first request. With
+        :meth:`save_session`, this is the middleware's whole request cycle,
+        for frameworks that hook into a request rather than wrap an app.
+        """
+        if self.cleanup is not None:
+            self.cleanup.ensure_started()
+        session = self.factory.open(environ.get("HTTP_COOKIE"))
+        environ[self.environ_key] = session
+        return session
+
+    def save_session(self, session: Session, environ: WSGIEnvironment) -> list[tuple[str, str]]:
+        """Write what the request changed; the ``Set-Cookie`` headers the response must carry.
+
+        Call it before the response headers are sent. Raises a
+        :class:`SessionError` when the session cannot be saved.
+        """
+        if not session.loaded:
+            return []
+        return self.cookie_headers(session.save(secure=self._secure(environ)), environ)
 
     def _secure(self, environ: WSGIEnvironment) -> bool:
         return self.cookie.is_secure(environ.get("wsgi.url_scheme", "http"))
