@@ -7,8 +7,10 @@ columns the exact types and value formats of DESIGN.md's table.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from collections.abc import Callable, Mapping
+import hashlib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +19,10 @@ from sqlalchemy.dialects import mssql, mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlalchemy.sql.type_api import TypeEngine
+
+from .exceptions import StoreUnavailable
 
 UTC = dt.timezone.utc
 
@@ -167,24 +172,40 @@ def _set_columns(table: sa.Table) -> tuple[str, str, str]:
     return sid, sess, expired
 
 
+def _built_once(table: sa.Table, build: Callable[[sa.Table], Any]) -> Any:
+    # Building an INSERT … ON CONFLICT and computing its cache key cost more
+    # than the SQLite statement itself; the statement takes its values as
+    # execute() parameters, so one per table serves every request.
+    key = ("wsgi_dbsession upsert", build)
+    statement = table.info.get(key)
+    if statement is None:
+        statement = table.info[key] = build(table)
+    return statement
+
+
 def _on_conflict_upsert(insert: Any) -> Upsert:
-    def upsert(conn: Connection, table: sa.Table, params: Params) -> None:
+    def build(table: sa.Table) -> Any:
         sid, sess, expired = _set_columns(table)
-        stmt = insert(table).values(params)
-        stmt = stmt.on_conflict_do_update(
+        stmt = insert(table)
+        return stmt.on_conflict_do_update(
             index_elements=[table.c[sid]],
             set_={sess: stmt.excluded[sess], expired: stmt.excluded[expired]},
         )
-        conn.execute(stmt)
+
+    def upsert(conn: Connection, table: sa.Table, params: Params) -> None:
+        conn.execute(_built_once(table, build), params)
 
     return upsert
 
 
-def _mysql_upsert(conn: Connection, table: sa.Table, params: Params) -> None:
+def _build_mysql_upsert(table: sa.Table) -> Any:
     _, sess, expired = _set_columns(table)
-    stmt = mysql.insert(table).values(params)
-    stmt = stmt.on_duplicate_key_update({sess: stmt.inserted[sess], expired: stmt.inserted[expired]})
-    conn.execute(stmt)
+    stmt = mysql.insert(table)
+    return stmt.on_duplicate_key_update({sess: stmt.inserted[sess], expired: stmt.inserted[expired]})
+
+
+def _mysql_upsert(conn: Connection, table: sa.Table, params: Params) -> None:
+    conn.execute(_built_once(table, _build_mysql_upsert), params)
 
 
 def mssql_merge(table: sa.Table, dialect: Dialect) -> sa.TextClause:
@@ -244,3 +265,118 @@ def strategy_for(dialect: Dialect) -> DialectStrategy:
     if name == "mssql":
         return DialectStrategy(name, _mssql_upsert, _same_column, _text_equals)
     return DialectStrategy(name, _update_then_insert, _same_column, _text_equals)
+
+
+# Seconds a worker waits for another one that is creating the same table.
+CREATE_WAIT = 60
+
+
+def create_missing_table(conn: Connection, table: sa.Table) -> None:
+    """Create ``table`` and its indexes unless they exist; safe when workers start together.
+
+    Two ``CREATE TABLE IF NOT EXISTS`` at once can still fail (PostgreSQL
+    collides in its catalog; MySQL has no ``CREATE INDEX IF NOT EXISTS``), so
+    on servers the creation holds a lock named after the table: the others
+    wait, then find the table there. SQLite's file lock serializes the
+    ``IF NOT EXISTS`` statements already.
+    """
+    if conn.dialect.name == "sqlite":
+        conn.execute(CreateTable(table, if_not_exists=True))
+        for index in table.indexes:
+            conn.execute(CreateIndex(index, if_not_exists=True))
+        return
+    with _creation_lock(conn, f"wsgi_dbsession create {table.fullname}"):
+        table.create(conn, checkfirst=True)
+
+
+@contextlib.contextmanager
+def _creation_lock(conn: Connection, name: str) -> Iterator[None]:
+    # Session-level locks, because the connection autocommits: the database
+    # also frees them when a worker dies while holding one.
+    digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
+    if conn.dialect.name == "postgresql":
+        params: dict[str, Any] = {"key": int.from_bytes(digest, "big", signed=True)}
+        acquire = "SELECT 1 FROM pg_advisory_lock(:key)"
+        release = "SELECT pg_advisory_unlock(:key)"
+    elif conn.dialect.name in ("mysql", "mariadb"):
+        params = {"name": f"wsgi_dbsession:{digest.hex()}", "wait": CREATE_WAIT}
+        acquire = "SELECT GET_LOCK(:name, :wait)"
+        release = "SELECT RELEASE_LOCK(:name)"
+    else:  # the caller's check after a failed CREATE covers the race here
+        yield
+        return
+    if conn.execute(sa.text(acquire), params).scalar() != 1:
+        raise StoreUnavailable(f"another process kept {name!r} locked for {CREATE_WAIT} s")
+    try:
+        yield
+    finally:
+        conn.execute(sa.text(release), params)
+
+
+# -- pruning ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LockStatements:
+    """A named try-lock owned by a database session (a connection), not a transaction.
+
+    ``acquire`` answers one row whose first value is true when the lock was
+    taken; it never waits. ``release`` gives the lock back. Both take
+    ``params``. The database frees the lock itself when the connection ends,
+    so a process that dies never keeps it.
+    """
+
+    acquire: sa.TextClause
+    release: sa.TextClause
+    params: Mapping[str, Any]
+
+
+_MSSQL_GETAPPLOCK = (
+    "DECLARE @result int; "
+    "EXEC @result = sp_getapplock @Resource = :name, @LockMode = 'Exclusive', "
+    "@LockOwner = 'Session', @LockTimeout = 0; "
+    "SELECT CASE WHEN @result >= 0 THEN 1 ELSE 0 END"
+)
+_MSSQL_RELEASEAPPLOCK = "EXEC sp_releaseapplock @Resource = :name, @LockOwner = 'Session'"
+
+
+def prune_lock(dialect: Dialect, resource: str) -> LockStatements | None:
+    """The database's own try-lock named after ``resource``; None where there is none (SQLite)."""
+    digest = hashlib.blake2b(resource.encode(), digest_size=8).digest()
+    name = dialect.name
+    if name == "postgresql":
+        return LockStatements(
+            sa.text("SELECT pg_try_advisory_lock(:key)"),
+            sa.text("SELECT pg_advisory_unlock(:key)"),
+            {"key": int.from_bytes(digest, "big", signed=True)},
+        )
+    params = {"name": f"wsgi_dbsession:{digest.hex()}"}
+    if name in ("mysql", "mariadb"):
+        return LockStatements(
+            sa.text("SELECT GET_LOCK(:name, 0)"), sa.text("SELECT RELEASE_LOCK(:name)"), params
+        )
+    if name == "mssql":
+        return LockStatements(sa.text(_MSSQL_GETAPPLOCK), sa.text(_MSSQL_RELEASEAPPLOCK), params)
+    return None
+
+
+def batch_delete(table: sa.Table, dialect: Dialect, batch_size: int) -> sa.Delete | sa.TextClause:
+    """Delete at most ``batch_size`` rows whose ``expired`` is before ``:now``, in one statement.
+
+    The expiry index finds the rows; a small batch is a short transaction,
+    so live requests never queue behind one long delete.
+    """
+    sid, _, expired = _set_columns(table)
+    now = sa.bindparam("now", type_=ExpiryTimestamp())
+    if dialect.name in ("mysql", "mariadb", "mssql"):
+        preparer = dialect.identifier_preparer
+        target, column = preparer.format_table(table), preparer.quote(expired)
+        size = int(batch_size)  # only an int reaches the SQL text
+        # MySQL refuses LIMIT in an IN subquery but takes it on DELETE; MSSQL has TOP.
+        if dialect.name == "mssql":
+            sql = f"DELETE TOP ({size}) FROM {target} WHERE {column} < :now"
+        else:
+            sql = f"DELETE FROM {target} WHERE {column} < :now LIMIT {size}"  # noqa: S608
+        return sa.text(sql).bindparams(now)
+    expired_sids = sa.select(table.c[sid]).where(table.c[expired] < now).limit(batch_size)
+    return sa.delete(table).where(table.c[sid].in_(expired_sids))

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from .dialects import UTC, ExpiryTimestamp, SessionJSON, strategy_for
+from .dialects import UTC, ExpiryTimestamp, SessionJSON, create_missing_table, strategy_for
 from .exceptions import ConfigurationError, StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ class SessionStore:
         """Create the table and its expiry index when missing; safe to race."""
         try:
             with self.engine.connect() as conn:
-                self.table.create(conn, checkfirst=True)
+                create_missing_table(conn, self.table)
                 conn.commit()
         except DBAPIError as exc:
             # Another process may have created it between our check and our CREATE.
