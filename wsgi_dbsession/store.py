@@ -193,7 +193,8 @@ class SessionStore:
             try:
                 with self.engine.connect() as conn:
                     result = work(conn)
-                    conn.commit()  # free with autocommit; ends the transaction on other engines
+                    if _needs_commit(conn):
+                        conn.commit()
                     return result
             except DBAPIError as exc:
                 if exc.connection_invalidated and attempt == 1:
@@ -287,6 +288,20 @@ class SessionStore:
     def clear(self) -> None:
         """Delete every row, live or not."""
         self.run(lambda conn: conn.execute(sa.delete(self.table)))
+
+
+def _needs_commit(conn: Connection) -> bool:
+    """Whether the statement's transaction must be committed.
+
+    Not on an autocommit connection, where PyMySQL's ``commit()`` would still
+    send a COMMIT: a hidden round trip per statement. A dialect that cannot
+    tell (pymssql) gets its commit.
+    """
+    dbapi_connection = conn.connection.dbapi_connection
+    try:
+        return dbapi_connection is None or not conn.dialect.detect_autocommit_setting(dbapi_connection)
+    except NotImplementedError:
+        return True
 
 
 def _store_error(exc: DBAPIError) -> StoreError:
