@@ -7,10 +7,10 @@ columns the exact types and value formats of DESIGN.md's table.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
-from collections.abc import Callable, Iterator, Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -269,6 +269,7 @@ def strategy_for(dialect: Dialect) -> DialectStrategy:
 
 # Seconds a worker waits for another one that is creating the same table.
 CREATE_WAIT = 60
+_CREATE_POLL = 0.05  # seconds between tries of the creation lock
 
 
 def create_missing_table(conn: Connection, table: sa.Table) -> None:
@@ -276,41 +277,28 @@ def create_missing_table(conn: Connection, table: sa.Table) -> None:
 
     Two ``CREATE TABLE IF NOT EXISTS`` at once can still fail (PostgreSQL
     collides in its catalog; MySQL has no ``CREATE INDEX IF NOT EXISTS``), so
-    on servers the creation holds a lock named after the table: the others
-    wait, then find the table there. SQLite's file lock serializes the
-    ``IF NOT EXISTS`` statements already.
+    on servers the creation holds the database's named lock for the table:
+    the others wait, then find the table there. SQLite's file lock
+    serializes its ``IF NOT EXISTS`` statements already.
     """
     if conn.dialect.name == "sqlite":
         conn.execute(CreateTable(table, if_not_exists=True))
         for index in table.indexes:
             conn.execute(CreateIndex(index, if_not_exists=True))
         return
-    with _creation_lock(conn, f"wsgi_dbsession create {table.fullname}"):
+    lock = prune_lock(conn.dialect, f"wsgi_dbsession create {table.fullname}")
+    if lock is None:  # the caller's check after a failed CREATE covers the race here
         table.create(conn, checkfirst=True)
-
-
-@contextlib.contextmanager
-def _creation_lock(conn: Connection, name: str) -> Iterator[None]:
-    # Session-level locks, because the connection autocommits: the database
-    # also frees them when a worker dies while holding one.
-    digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
-    if conn.dialect.name == "postgresql":
-        params: dict[str, Any] = {"key": int.from_bytes(digest, "big", signed=True)}
-        acquire = "SELECT 1 FROM pg_advisory_lock(:key)"
-        release = "SELECT pg_advisory_unlock(:key)"
-    elif conn.dialect.name in ("mysql", "mariadb"):
-        params = {"name": f"wsgi_dbsession:{digest.hex()}", "wait": CREATE_WAIT}
-        acquire = "SELECT GET_LOCK(:name, :wait)"
-        release = "SELECT RELEASE_LOCK(:name)"
-    else:  # the caller's check after a failed CREATE covers the race here
-        yield
         return
-    if conn.execute(sa.text(acquire), params).scalar() != 1:
-        raise StoreUnavailable(f"another process kept {name!r} locked for {CREATE_WAIT} s")
+    deadline = time.monotonic() + CREATE_WAIT
+    while not conn.execute(lock.acquire, lock.params).scalar():
+        if time.monotonic() > deadline:
+            raise StoreUnavailable(f"another process kept creating {table.fullname!r} for {CREATE_WAIT} s")
+        time.sleep(_CREATE_POLL)
     try:
-        yield
+        table.create(conn, checkfirst=True)
     finally:
-        conn.execute(sa.text(release), params)
+        conn.execute(lock.release, lock.params)
 
 
 # -- pruning ----------------------------------------------------------------
