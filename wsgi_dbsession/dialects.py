@@ -92,6 +92,9 @@ class ExpiryTimestamp(sa.types.TypeDecorator[dt.datetime]):
     def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
         if value is None:
             return None
+        if value.tzinfo is None:
+            # astimezone() would read it as the process's local time: refuse instead.
+            raise ValueError("session expiry times must be timezone-aware datetimes (UTC)")
         value = value.astimezone(UTC)
         name = dialect.name
         if name == "postgresql":
