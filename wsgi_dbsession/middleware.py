@@ -55,6 +55,8 @@ class SessionMiddleware:
         serializer: Serializer | None = None,  # dumps/loads to and from JSON text; default json
         max_size: int | None = None,  # bytes; a larger serialized session is an error
         unavailable_status: int = 503,  # HTTP status when the session database is unreachable
+        override_app_errors: bool = True,  # after an outage hit the session load, unavailable_status
+        # replaces the app's own 5xx answer or exception (a framework's error page)
     ) -> None:
         if cleanup_interval < 0:
             raise ConfigurationError("cleanup_interval must be 0 (disabled) or a number of seconds")
@@ -65,6 +67,7 @@ class SessionMiddleware:
         self.app = app
         self.environ_key = environ_key
         self.unavailable_status = unavailable_status
+        self.override_app_errors = override_app_errors
         self.store = SessionStore(
             url=url,
             engine=engine,
@@ -99,13 +102,25 @@ class SessionMiddleware:
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         session = self.open_session(environ)
         started = False
+        # Set once the app's own response must not go out: the session could
+        # not be saved, or an outage explains the app's error page.
+        failure: SessionError | None = None
 
         def session_start_response(
             status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
         ) -> Any:
-            nonlocal started
+            nonlocal started, failure
+            if failure is None and self._outage_explains(session, status):
+                failure = session.load_error
+            if failure is not None:
+                raise failure  # again, if the app swallowed it and tries another answer
+            try:
+                cookies = self.save_session(session, environ)
+            except SessionError as exc:
+                failure = exc
+                raise
             started = True
-            return start_response(status, [*headers, *self.save_session(session, environ)], exc_info)
+            return start_response(status, [*headers, *cookies], exc_info)
 
         try:
             app_iter = self.app(environ, session_start_response)
@@ -114,6 +129,15 @@ class SessionMiddleware:
                 app_iter = _prime(app_iter)
         except SessionError as exc:
             return self.error_response(exc, start_response)
+        except Exception:
+            outage = session.load_error
+            if outage is None or not self.override_app_errors:
+                raise
+            log.error("the application failed after the session store was found unreachable", exc_info=True)
+            return self.error_response(outage, start_response)
+        if failure is not None:  # the app caught the error and returned a body anyway
+            _close(app_iter)
+            return self.error_response(failure, start_response)
         if not session.loaded and not streaming:
             return app_iter  # the body is already computed: the session can no longer change
         return _ClosingIterable(app_iter, lambda: self._save_late(session, environ))
@@ -140,6 +164,9 @@ class SessionMiddleware:
         if not session.loaded:
             return []
         return self.cookie_headers(session.save(secure=self._secure(environ)), environ)
+
+    def _outage_explains(self, session: Session, status: str) -> bool:
+        return self.override_app_errors and session.load_error is not None and status.startswith("5")
 
     def _secure(self, environ: WSGIEnvironment) -> bool:
         return self.cookie.is_secure(environ.get("wsgi.url_scheme", "http"))
@@ -169,10 +196,11 @@ class SessionMiddleware:
             status, text = 500, "The session could not be saved.\n"
         log.error("session error, answering %d", status, exc_info=exc)
         body = text.encode()
+        handling = sys.exc_info()
         start_response(
             f"{status} {_REASONS.get(status, 'Error')}",
             [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
-            sys.exc_info(),
+            handling if handling[0] is not None else None,
         )
         return [body]
 

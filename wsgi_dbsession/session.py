@@ -16,12 +16,18 @@ import logging
 import secrets
 import time
 from collections.abc import Iterator, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .cookies import SessionCookie, generate_sid
 from .dialects import to_iso_z
-from .exceptions import ConcurrentUpdateError, ConfigurationError, SerializationError, SessionTooLarge
+from .exceptions import (
+    ConcurrentUpdateError,
+    ConfigurationError,
+    SerializationError,
+    SessionTooLarge,
+    StoreUnavailable,
+)
 from .store import SessionStore, StoredSession, utcnow
 
 log = logging.getLogger(__name__)
@@ -48,7 +54,7 @@ class CookieUpdate:
     ``sid`` None: expire the cookie.
     """
 
-    sid: str | None
+    sid: str | None = field(repr=False)  # a session id is a credential: never in a repr
     max_age: int | None = None
 
 
@@ -93,6 +99,7 @@ class Session(MutableMapping[str, Any]):
         "_expire_cookie",
         "_expires",
         "_factory",
+        "_load_error",
         "_loaded",
         "_max_age",
         "_new",
@@ -106,6 +113,7 @@ class Session(MutableMapping[str, Any]):
         self._factory = factory
         self._cookie_header = cookie_header
         self._loaded = False
+        self._load_error: StoreUnavailable | None = None
 
     # -- loading --------------------------------------------------------------
 
@@ -118,7 +126,11 @@ class Session(MutableMapping[str, Any]):
         factory = self._factory
         now = utcnow()
         sid = factory.cookie.read(self._cookie_header)
-        stored = factory.store.load(sid, now) if sid is not None else None
+        try:
+            stored = factory.store.load(sid, now) if sid is not None else None
+        except StoreUnavailable as exc:
+            self._load_error = exc  # kept for the middleware, even if the app swallows it
+            raise
         self._doomed_sid: str | None = None
         self._renamed_from: str | None = None
         self._expire_cookie = False
@@ -210,6 +222,11 @@ class Session(MutableMapping[str, Any]):
         """When the session was created, in seconds since the epoch."""
         self._mapping()
         return self._created
+
+    @property
+    def load_error(self) -> StoreUnavailable | None:
+        """The outage that made loading this session fail during this request, if any."""
+        return self._load_error
 
     @property
     def loaded(self) -> bool:

@@ -29,6 +29,16 @@ DEFAULT_SQLITE_FILE = "wsgi_dbsession.sqlite"
 # The drivers this package is tested with, used when a URL names none.
 _DEFAULT_DRIVERS = {"postgresql": "psycopg", "mysql": "pymysql", "mariadb": "pymysql", "mssql": "pymssql"}
 
+# Seconds a new connection may take before the request fails with
+# StoreUnavailable instead of hanging a worker; by driver, the argument that
+# bounds it (psycopg: the whole handshake; pymysql: the TCP connect only).
+CONNECT_TIMEOUT = 5  # seconds
+_CONNECT_TIMEOUT_ARGS = {
+    "psycopg": "connect_timeout",
+    "pymysql": "connect_timeout",
+    "pymssql": "login_timeout",
+}
+
 T = TypeVar("T")
 
 
@@ -77,7 +87,10 @@ def create_engine(url: str | URL | None = None, **options: Any) -> Engine:
     goes back to the pool, no pre-ping (the store retries once after a
     disconnect instead). ``url=None`` is the SQLite file
     ``wsgi_dbsession.sqlite`` in the working directory, in WAL mode with a
-    5 s busy timeout and ``synchronous=NORMAL``. ``options`` go to
+    5 s busy timeout and ``synchronous=NORMAL``. Connecting gives up after
+    :data:`CONNECT_TIMEOUT` seconds unless the URL or ``connect_args`` says
+    otherwise, and statement parameters (session ids, session data) are kept
+    out of logs and error messages. ``options`` go to
     :func:`sqlalchemy.create_engine` and win over these defaults.
     """
     parsed = normalize_url(url if url is not None else f"sqlite:///{DEFAULT_SQLITE_FILE}")
@@ -86,7 +99,11 @@ def create_engine(url: str | URL | None = None, **options: Any) -> Engine:
         "pool_reset_on_return": None,
         "skip_autocommit_rollback": True,
         "pool_pre_ping": False,
+        "hide_parameters": True,
     }
+    timeout_arg = _CONNECT_TIMEOUT_ARGS.get(parsed.get_driver_name())
+    if timeout_arg is not None and timeout_arg not in parsed.query:
+        options["connect_args"] = {timeout_arg: CONNECT_TIMEOUT, **options.get("connect_args", {})}
     if parsed.get_backend_name() in ("mysql", "mariadb"):
         defaults["pool_recycle"] = 3600  # below MySQL's default wait_timeout of 8 hours
     engine = sa.create_engine(parsed, **{**defaults, **options})
@@ -201,6 +218,8 @@ class SessionStore:
                     log.info("session store connection was lost; retrying on a fresh one")
                     continue
                 raise _store_error(exc) from exc
+            except sa.exc.TimeoutError as exc:  # the pool stayed exhausted for pool_timeout
+                raise StoreUnavailable(f"no session database connection became free: {exc}") from exc
         raise AssertionError("unreachable")
 
     def _ensure_table(self) -> None:
@@ -218,7 +237,11 @@ class SessionStore:
                 conn.commit()
         except DBAPIError as exc:
             # Another process may have created it between our check and our CREATE.
-            if not sa.inspect(self.engine).has_table(self.table.name, schema=self.table.schema):
+            try:
+                exists = sa.inspect(self.engine).has_table(self.table.name, schema=self.table.schema)
+            except DBAPIError:
+                exists = False  # the database is unreachable: report the first error
+            if not exists:
                 raise _store_error(exc) from exc
         self._table_ready = True
 
