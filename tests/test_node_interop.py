@@ -1,0 +1,477 @@
+"""One sessions table, one cookie, two apps: a real Express app and the middleware.
+
+The Node side is express 4 + express-session + connect-session-knex (knex
+with pg or sqlite3), installed from the npm registry by ``npm ci`` on
+tests/node's lock file and run as a subprocess on loopback. The Python side
+is the middleware behind a real wsgiref server. One cookie jar plays the
+browser that talks to both, as two apps on one host share cookies.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import hashlib
+import http.cookiejar
+import json
+import os
+import re
+import select
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote
+from wsgiref.simple_server import make_server
+
+import pytest
+import sqlalchemy as sa
+
+from conftest import backend_url, drop_table, unique_table_name
+from tests.apps import session_app
+from tests.test_http_server import QuietHandler
+from wsgi_dbsession import SessionMiddleware, SessionStore, sign, unsign
+from wsgi_dbsession.cookies import encode_value, generate_sid
+from wsgi_dbsession.dialects import from_iso
+
+pytestmark = pytest.mark.slow
+
+NODE_DIR = Path(__file__).resolve().parent / "node"
+SERVER_JS = NODE_DIR / "server.js"
+STAMP = NODE_DIR / "node_modules" / ".wsgi-dbsession-installed"
+NODE_START_TIMEOUT = 20  # seconds
+NPM_TIMEOUT = 600  # seconds; building sqlite3 from source takes about a minute on 2 cores
+# Two secrets of the length the middleware requires; express accepts any.
+SECRET_A = "interop-secret-A-0123456789abcdefghijklmnop"
+SECRET_B = "interop-secret-B-0123456789abcdefghijklmnop"
+MAX_AGE = 3600  # seconds
+ISO_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+# -- installing the Node packages -------------------------------------------------
+
+
+def _install_digest(node: str) -> str:
+    """What an installed node_modules must match: the manifests and the Node version."""
+    version = subprocess.run([node, "--version"], capture_output=True, text=True, check=True).stdout
+    digest = hashlib.sha256(version.encode())
+    for name in ("package.json", "package-lock.json"):
+        digest.update((NODE_DIR / name).read_bytes())
+    return digest.hexdigest()
+
+
+def _npm_env(node: str) -> dict[str, str]:
+    env = {**os.environ, "npm_config_update_notifier": "false", "npm_config_fund": "false"}
+    # sqlite3's prebuilt binary and node-gyp's header tarball both come from
+    # outside the npm registry; with the headers Node installed beside itself
+    # node-gyp builds sqlite3 from source without downloading anything.
+    prefix = Path(os.path.realpath(node)).parent.parent
+    if (prefix / "include" / "node" / "node.h").is_file():
+        env.setdefault("npm_config_nodedir", str(prefix))
+    return env
+
+
+@pytest.fixture(scope="session")
+def node() -> str:
+    """The ``node`` executable, with tests/node's packages installed by ``npm ci``.
+
+    The install runs once per change of the lock file or of Node, guarded by
+    a file lock so concurrent test runs do not install over each other.
+    """
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.fail("the interop tests need Node.js 20+ and npm on PATH")
+    digest = _install_digest(node)
+    lock_path = (
+        Path(tempfile.gettempdir())
+        / f"wsgi-dbsession-npm-{hashlib.sha256(bytes(NODE_DIR)).hexdigest()[:12]}.lock"
+    )
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (STAMP.is_file() and STAMP.read_text() == digest):
+            result = subprocess.run(
+                [npm, "ci", "--no-audit", "--no-fund"],
+                cwd=NODE_DIR,
+                env=_npm_env(node),
+                capture_output=True,
+                text=True,
+                timeout=NPM_TIMEOUT,
+                check=False,
+            )
+            if result.returncode != 0:
+                pytest.fail(f"npm ci in {NODE_DIR} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+            STAMP.write_text(digest)
+    return node
+
+
+# -- the two apps and the browser ------------------------------------------------
+
+
+class Browser:
+    """One cookie jar for both apps, as a browser has for two apps on one host."""
+
+    def __init__(self) -> None:
+        self.jar = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
+
+    def get(self, url: str) -> tuple[Any, list[str]]:
+        """The JSON body and the Set-Cookie headers of a GET."""
+        with self.opener.open(url, timeout=10) as response:
+            return json.loads(response.read()), response.headers.get_all("Set-Cookie") or []
+
+    @property
+    def cookie(self) -> str | None:
+        """The raw (URL-encoded) value of the session cookie in the jar."""
+        values = [c.value for c in self.jar if c.name == "connect.sid"]
+        assert len(values) <= 1
+        return values[0] if values else None
+
+    @property
+    def sid(self) -> str:
+        assert self.cookie is not None
+        sid = unsign(unquote(self.cookie), [SECRET_A.encode(), SECRET_B.encode()])
+        assert sid is not None
+        return sid
+
+
+def get_with_cookie(url: str, cookie: str) -> Any:
+    """A GET carrying this session cookie, outside any jar (an old cookie replayed)."""
+    request = urllib.request.Request(url, headers={"Cookie": f"connect.sid={cookie}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def cookie_value(header: str) -> str:
+    return header.split(";", 1)[0].split("=", 1)[1]
+
+
+class Interop:
+    """A Node app and a Python app on one table of one database."""
+
+    def __init__(
+        self, kind: str, node: str, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+    ) -> None:
+        self.kind = kind
+        self.node = node
+        self.tmp_path = tmp_path
+        self.url = backend_url(kind, tmp_path_factory)
+        self.table_name = unique_table_name("interop")
+        self.processes: list[subprocess.Popen[str]] = []
+        self.servers: list[Any] = []
+        self.middlewares: list[SessionMiddleware] = []
+        # Reads rows straight from the table; never creates it.
+        self.store = SessionStore(url=self.url, table_name=self.table_name, create_table=False)
+
+    def start_node(
+        self,
+        *,
+        secrets: tuple[str, ...] = (SECRET_A,),
+        max_age_ms: int | None = MAX_AGE * 1000,
+        cookie: dict[str, Any] | None = None,
+    ) -> str:
+        """Start server.js on this table; returns its base URL once it listens."""
+        database = sa.make_url(self.url).database if self.kind == "sqlite" else self.url
+        env = {
+            **os.environ,
+            "WDS_DB_CLIENT": "sqlite3" if self.kind == "sqlite" else "pg",
+            "WDS_DB_CONNECTION": str(database),
+            "WDS_TABLE": self.table_name,
+            "WDS_SECRETS": json.dumps(list(secrets)),
+            "WDS_MAX_AGE_MS": json.dumps(max_age_ms),
+            "WDS_COOKIE": json.dumps(cookie or {}),
+        }
+        log_path = self.tmp_path / f"node-{len(self.processes)}.log"
+        with open(log_path, "w") as log:
+            process = subprocess.Popen(
+                [self.node, str(SERVER_JS)], env=env, stdout=subprocess.PIPE, stderr=log, text=True
+            )
+        self.processes.append(process)
+        assert process.stdout is not None
+        ready, _, _ = select.select([process.stdout], [], [], NODE_START_TIMEOUT)
+        line = process.stdout.readline() if ready else ""
+        if not line:
+            pytest.fail(f"the Express app did not start:\n{log_path.read_text()}")
+        return f"http://127.0.0.1:{json.loads(line)['port']}"
+
+    def start_python(self, *, secret: str | list[str] = SECRET_A, **options: Any) -> str:
+        """Serve the middleware (on tests/apps.py's session_app) on this table; returns its base URL."""
+        options.setdefault("max_age", MAX_AGE)
+        middleware = SessionMiddleware(
+            session_app,
+            secret=secret,
+            url=self.url,
+            table_name=self.table_name,
+            cleanup_interval=0,
+            **options,
+        )
+        self.middlewares.append(middleware)
+        server = make_server("127.0.0.1", 0, middleware, handler_class=QuietHandler)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.servers.append(server)
+        return f"http://127.0.0.1:{server.server_port}"
+
+    def row(self, sid: str) -> tuple[dict[str, Any], dt.datetime] | None:
+        """The stored JSON (cookie object included) and expiry of a live row."""
+        stored = self.store.load(sid)
+        return None if stored is None else (json.loads(stored.text), stored.expires)
+
+    def raw_expired(self, sid: str) -> Any:
+        """The ``expired`` value of a row exactly as the database driver returns it."""
+        table = sa.table(self.table_name, sa.column("sid"), sa.column("expired"))
+        with self.store.engine.connect() as conn:
+            return conn.execute(sa.select(table.c.expired).where(table.c.sid == sid)).scalar_one()
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.shutdown()
+            server.server_close()
+        for process in self.processes:
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            if process.stdout is not None:
+                process.stdout.close()
+        for middleware in self.middlewares:
+            middleware.close()
+        if sa.inspect(self.store.engine).has_table(self.table_name):
+            drop_table(self.store.engine, self.store.table)
+        self.store.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def interop(
+    request: pytest.FixtureRequest, node: str, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Interop]:
+    pair = Interop(str(request.param), node, tmp_path, tmp_path_factory)
+    try:
+        yield pair
+    finally:
+        pair.close()
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+# -- the tests ------------------------------------------------------------------
+
+
+def test_node_session_is_read_and_changed_in_python_and_node_sees_the_change(interop: Interop) -> None:
+    node_url = interop.start_node()  # Node first: connect-session-knex creates the table
+    python_url = interop.start_python()
+    browser = Browser()
+
+    body, node_cookies = browser.get(node_url + "/incr")
+    assert body["data"] == {"count": 1}
+    browser.get(node_url + "/set?key=passport&value=" + quote('{"user":"alice"}'))
+
+    body, python_cookies = browser.get(python_url + "/incr")
+    assert body["data"] == {"count": 2, "passport": {"user": "alice"}}
+    # Same sid, same first secret: the middleware sends express-session's exact value.
+    assert cookie_value(python_cookies[0]) == cookie_value(node_cookies[0])
+
+    body, _ = browser.get(node_url + "/read")
+    assert body["data"] == {
+        "count": 2,
+        "passport": {"user": "alice"},
+        "_created": pytest.approx(time.time(), abs=60),
+    }
+    stored, _ = interop.row(browser.sid) or pytest.fail("the row is gone")
+    assert next(iter(stored)) == "cookie"
+
+
+def test_python_session_is_read_and_changed_in_node_and_python_sees_the_change(interop: Interop) -> None:
+    python_url = interop.start_python()  # Python first: the middleware creates the table
+    node_url = interop.start_node()
+    browser = Browser()
+
+    body, _ = browser.get(python_url + "/set?key=cart&value=" + quote('["book"]'))
+    assert body["data"] == {"cart": ["book"]}
+
+    body, _ = browser.get(node_url + "/incr")
+    assert body["data"]["cart"] == ["book"] and body["data"]["count"] == 1
+    assert body["cookie"]["originalMaxAge"] == MAX_AGE * 1000
+    assert body["cookie"]["httpOnly"] is True and body["cookie"]["path"] == "/"
+    assert body["cookie"]["sameSite"] == "lax"
+
+    body, _ = browser.get(python_url + "/incr")
+    assert body["data"] == {"cart": ["book"], "count": 2}
+    body, _ = browser.get(node_url + "/read")
+    assert body["data"]["count"] == 2
+
+
+def test_expired_is_written_as_connect_session_knex_writes_it(interop: Interop) -> None:
+    node_url = interop.start_node()
+    python_url = interop.start_python()
+    node_browser, python_browser = Browser(), Browser()
+    node_browser.get(node_url + "/incr")
+    python_browser.get(python_url + "/incr")
+
+    for sid in (node_browser.sid, python_browser.sid):
+        raw = interop.raw_expired(sid)
+        stored, expires = interop.row(sid) or pytest.fail("the row is gone")
+        if interop.kind == "sqlite":
+            # Date.toISOString() text on both sides, so text comparison orders rows.
+            assert isinstance(raw, str) and ISO_Z.fullmatch(raw), raw
+        else:
+            assert isinstance(raw, dt.datetime) and raw.utcoffset() is not None
+        # The row's expiry is the cookie's: the same instant to the millisecond.
+        assert abs(expires - from_iso(stored["cookie"]["expires"])) <= dt.timedelta(milliseconds=2)
+        assert abs(expires - (utcnow() + dt.timedelta(seconds=MAX_AGE))) < dt.timedelta(seconds=10)
+
+
+def test_logout_in_node_logs_out_python(interop: Interop) -> None:
+    node_url = interop.start_node()
+    python_url = interop.start_python()
+    browser = Browser()
+
+    browser.get(python_url + "/login?user=alice")
+    body, _ = browser.get(node_url + "/read")
+    assert body["data"]["user"] == "alice"
+    old_cookie, sid = browser.cookie, browser.sid
+    assert old_cookie is not None
+
+    body, _ = browser.get(node_url + "/logout")
+    assert browser.cookie is None
+    assert interop.row(sid) is None
+    assert browser.get(python_url + "/read")[0]["data"] == {}
+    assert get_with_cookie(python_url + "/read", old_cookie)["data"] == {}
+
+
+def test_logout_in_python_logs_out_node(interop: Interop) -> None:
+    node_url = interop.start_node()
+    python_url = interop.start_python()
+    browser = Browser()
+
+    browser.get(node_url + "/login?user=bob")
+    assert browser.get(python_url + "/read")[0]["data"]["user"] == "bob"
+    old_cookie, sid = browser.cookie, browser.sid
+    assert old_cookie is not None
+
+    browser.get(python_url + "/logout")
+    assert browser.cookie is None
+    assert interop.row(sid) is None
+    assert browser.get(node_url + "/read")[0]["data"] == {}
+    assert get_with_cookie(node_url + "/read", old_cookie)["data"] == {}
+
+
+def test_both_sides_agree_when_a_session_expires(interop: Interop) -> None:
+    node_url = interop.start_node()
+    python_url = interop.start_python()
+    from_node, from_python = Browser(), Browser()
+    from_node.get(node_url + "/incr")
+    from_python.get(python_url + "/incr")
+    node_sid, python_sid = from_node.sid, from_python.sid
+    assert node_sid != python_sid
+
+    # Moved into the past (written in the package's format): neither side loads it.
+    interop.store.touch(python_sid, utcnow() - dt.timedelta(seconds=2))
+    interop.store.touch(node_sid, utcnow() - dt.timedelta(seconds=2))
+    for sid in (node_sid, python_sid):
+        cookie = encode_value(sign(sid, SECRET_A))
+        assert get_with_cookie(node_url + "/read", cookie)["data"] == {}
+        assert get_with_cookie(python_url + "/read", cookie)["data"] == {}
+
+    # A few seconds ahead: both load it (Python first: Node's read touches the row).
+    interop.store.touch(python_sid, utcnow() + dt.timedelta(seconds=5))
+    assert from_python.get(python_url + "/read")[0]["data"] == {"count": 1}
+    assert from_python.get(node_url + "/read")[0]["data"]["count"] == 1
+    # express-session touches the row on every request: now + the stored originalMaxAge.
+    _, expires = interop.row(python_sid) or pytest.fail("the row is gone")
+    assert abs(expires - (utcnow() + dt.timedelta(seconds=MAX_AGE))) < dt.timedelta(seconds=10)
+
+
+def test_each_side_prunes_what_the_other_wrote_and_only_what_expired(interop: Interop) -> None:
+    # maxAge -1 s makes express-session and connect-session-knex write a row
+    # that is already expired, in Node's own format.
+    expired_node_url = interop.start_node(max_age_ms=-1000)
+    node_url = interop.start_node()
+    python_url = interop.start_python()
+    dead_node, live_node, dead_python, live_python = Browser(), Browser(), Browser(), Browser()
+    dead_node.get(expired_node_url + "/incr")
+    assert dead_node.cookie is None  # the browser dropped a cookie that expired on arrival
+    live_node.get(node_url + "/incr")
+    live_python.get(python_url + "/incr")
+    assert (interop.store.count(), interop.store.count(expired=True)) == (2, 1)
+    assert interop.store.prune() == 1  # Python prunes the row Node wrote expired
+
+    dead_python.get(python_url + "/incr")
+    interop.store.touch(dead_python.sid, utcnow() - dt.timedelta(seconds=2))
+    assert (interop.store.count(), interop.store.count(expired=True)) == (2, 1)
+    assert Browser().get(node_url + "/cleanup")[0] == {"ok": True}  # Node prunes Python's
+    assert (interop.store.count(), interop.store.count(expired=True)) == (2, 0)
+    assert interop.row(live_node.sid) is not None and interop.row(live_python.sid) is not None
+
+
+def test_browser_session_cookies_keep_a_one_day_row_on_both_sides(interop: Interop) -> None:
+    node_url = interop.start_node(max_age_ms=None)
+    python_url = interop.start_python(max_age=None)
+    browser = Browser()
+
+    body, cookies = browser.get(python_url + "/incr")
+    assert "expires" not in cookies[0].lower() and "max-age" not in cookies[0].lower()
+    body, _ = browser.get(node_url + "/incr")
+    assert body["cookie"]["originalMaxAge"] is None and body["cookie"].get("expires") is None
+    stored, expires = interop.row(browser.sid) or pytest.fail("the row is gone")
+    assert stored["cookie"]["originalMaxAge"] is None
+    assert abs(expires - (utcnow() + dt.timedelta(days=1))) < dt.timedelta(seconds=10)
+
+    browser.get(python_url + "/incr")
+    stored, expires = interop.row(browser.sid) or pytest.fail("the row is gone")
+    assert stored["cookie"] == {
+        "originalMaxAge": None,
+        "expires": None,
+        "httpOnly": True,
+        "path": "/",
+        "sameSite": "lax",
+    }
+    assert stored["count"] == 3
+    assert abs(expires - (utcnow() + dt.timedelta(days=1))) < dt.timedelta(seconds=10)
+
+
+def test_rotated_secrets_verify_on_both_sides(interop: Interop) -> None:
+    # Node signs with A and still accepts B; Python signs with B and still accepts A.
+    node_url = interop.start_node(secrets=(SECRET_A, SECRET_B))
+    python_url = interop.start_python(secret=[SECRET_B, SECRET_A])
+    browser = Browser()
+
+    browser.get(node_url + "/incr")
+    signed_by_node = browser.cookie
+    assert signed_by_node == encode_value(sign(browser.sid, SECRET_A))
+    assert browser.get(python_url + "/incr")[0]["data"] == {"count": 2}
+    assert browser.cookie == encode_value(sign(browser.sid, SECRET_B))
+    assert browser.get(node_url + "/incr")[0]["data"]["count"] == 3
+
+
+def test_cookie_values_match_express_session_byte_for_byte(node: str) -> None:
+    sids = ["DJW_JaSWR-41-zW3df0G0g7HB8t5bwK4", *(generate_sid() for _ in range(20))]
+    secrets = ["keyboard cat", SECRET_A, "sécret with ünïcode and spaces"]
+    script = """
+        const signature = require("cookie-signature");
+        const cookie = require("cookie");
+        const [sids, secrets] = JSON.parse(process.argv[1]);
+        const out = [];
+        for (const secret of secrets) for (const sid of sids)
+          out.push(cookie.serialize("connect.sid", "s:" + signature.sign(sid, secret)));
+        process.stdout.write(JSON.stringify(out));
+    """
+    # express-session's own modules, resolved from its node_modules.
+    result = subprocess.run(
+        [node, "-e", script, json.dumps([sids, secrets])],
+        cwd=NODE_DIR / "node_modules" / "express-session",
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    expected = json.loads(result.stdout)
+    ours = [f"connect.sid={encode_value(sign(sid, secret))}" for secret in secrets for sid in sids]
+    assert ours == expected
+    assert any("%2B" in value or "%2F" in value for value in ours)
