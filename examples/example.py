@@ -13,7 +13,7 @@ import html
 import logging
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qsl
 from wsgiref.simple_server import make_server
@@ -25,7 +25,7 @@ PAGE = """<!doctype html>
 <p>Visits: {visits}</p>
 <p>{who}</p>
 <form method="post" action="{action}">{fields}<button>{button}</button>
-<input type="hidden" name="csrf" value="{csrf}"></form>
+<input type="hidden" name="csrf_token" value="{csrf}"></form>
 """
 
 
@@ -38,7 +38,7 @@ def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
     if method == "POST":
         size = int(environ.get("CONTENT_LENGTH") or 0)
         form = dict(parse_qsl(environ["wsgi.input"].read(size).decode()))
-        if not session.check_csrf_token(form.get("csrf")):
+        if not session.check_csrf_token(form.get("csrf_token")):
             start_response("403 Forbidden", [("Content-Type", "text/plain")])
             return [b"bad CSRF token"]
         if path == "/login" and form.get("user"):
@@ -49,35 +49,53 @@ def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         start_response("303 See Other", [("Location", "/")])
         return [b""]
     session["visits"] = session.get("visits", 0) + 1
-    user = session.get("user")
-    page = PAGE.format(
-        visits=session["visits"],
-        who=f"Logged in as {html.escape(user)}." if user else "Not logged in.",
-        action="/logout" if user else "/login",
-        fields="" if user else '<input name="user" placeholder="name"> ',
-        button="Log out" if user else "Log in",
-        csrf=session.get_csrf_token(),
-    )
+    page = render_page(session["visits"], session.get("user"), session.get_csrf_token())
     start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
     return [page.encode()]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def render_page(visits: int, user: str | None, csrf_token: str) -> str:
+    """The page: the visit count, and a login or logout form carrying the CSRF token."""
+    return PAGE.format(
+        visits=visits,
+        who=f"Logged in as {html.escape(user)}." if user else "Not logged in.",
+        action="/logout" if user else "/login",
+        fields="" if user else '<input name="user" placeholder="name"> ',
+        button="Log out" if user else "Log in",
+        csrf=csrf_token,
+    )
+
+
+def app_factory(global_conf: dict[str, str], **settings: str) -> Any:
+    """PasteDeploy's app factory, for ``app.ini``: the session comes from its filter."""
+    return app
+
+
+def secret_from_env() -> str:
+    """``WSGI_DBSESSION_SECRET``, or a random secret (sessions then end at each restart)."""
+    return os.environ.get("WSGI_DBSESSION_SECRET") or secrets.token_urlsafe(32)
+
+
+def serve(wsgi_app: Any, description: str, close: Callable[[], None], port: int = 8000) -> None:
+    """Read ``--host``/``--port``, serve until Ctrl-C, then call ``close``."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=int, default=port, help="0 picks a free port")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
-    secret = os.environ.get("WSGI_DBSESSION_SECRET") or secrets.token_urlsafe(32)
-    wrapped = SessionMiddleware(app, secret=secret)
-    with make_server(args.host, args.port, wrapped) as server:
+    with make_server(args.host, args.port, wsgi_app) as server:
         print(f"Serving on http://{args.host}:{server.server_port}/", flush=True)
         try:
             server.serve_forever()
         except KeyboardInterrupt:
             pass
         finally:
-            wrapped.close()
+            close()
+
+
+def main() -> None:
+    wrapped = SessionMiddleware(app, secret=secret_from_env())
+    serve(wrapped, __doc__.splitlines()[0], wrapped.close)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,209 @@
+"""Every example, started as a real process, keeps a session across requests from a cookie-jar client."""
+
+from __future__ import annotations
+
+import http.cookiejar
+import os
+import queue
+import re
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from conftest import LIVE_URLS, SECRET, drop_table, unique_table_name
+from wsgi_dbsession import SessionStore
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+STARTUP_TIMEOUT = 30  # seconds; two cores shared with the rest of the suite
+CSRF_FIELD = re.compile(r'name="csrf_token" value="([0-9a-f]+)"')
+
+
+@contextmanager
+def serving(args: list[str], ready: str, cwd: Path, **env: str) -> Iterator[str]:
+    """Run ``python <args>`` until its output matches ``ready``; yield the URL it captured."""
+    environment = {
+        **os.environ,
+        "PYTHONPATH": str(EXAMPLES),  # the examples import one another, as their docstrings say
+        "XDG_RUNTIME_DIR": str(cwd),  # gunicorn's control socket, away from other runs
+        "WSGI_DBSESSION_SECRET": SECRET,
+        **env,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, *args],
+        cwd=cwd,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+    output: list[str] = []
+
+    def drain() -> None:  # keeps reading, so a chatty server never blocks on a full pipe
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        while True:
+            try:
+                line = lines.get(timeout=STARTUP_TIMEOUT)
+            except queue.Empty:
+                pytest.fail(f"{args} did not start in {STARTUP_TIMEOUT} s:\n{''.join(output)}")
+            if line is None:
+                pytest.fail(f"{args} exited with {proc.wait()}:\n{''.join(output)}")
+            output.append(line)
+            match = re.search(ready, line)
+            if match:
+                break
+        yield match.group(1).rstrip("/")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        reader.join(timeout=5)
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+class Browser:
+    """A client with a cookie jar, as a browser would visit the example's page."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.jar = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
+
+    def get(self, path: str = "/") -> str:
+        with self.opener.open(self.base + path, timeout=10) as response:
+            return str(response.read().decode())
+
+    def post(self, path: str, **form: str) -> str:
+        data = urllib.parse.urlencode(form).encode()
+        with self.opener.open(self.base + path, data=data, timeout=10) as response:
+            return str(response.read().decode())
+
+    def cookie(self) -> str:
+        (cookie,) = self.jar
+        return f"{cookie.name}={cookie.value}"
+
+
+def check_session_persists(base: str) -> Browser:
+    browser = Browser(base)
+    assert "Visits: 1" in browser.get()
+    assert len(browser.jar) == 1
+    assert "Visits: 2" in browser.get()
+    return browser
+
+
+def check_login_with_csrf(browser: Browser, refused_status: int) -> None:
+    """Login needs the page's CSRF token, gives a new session id, and logout ends the session."""
+    page = browser.get()
+    match = CSRF_FIELD.search(page)
+    assert match, page
+    before = browser.cookie()
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        browser.post("/login", user="mallory")
+    refused.value.close()
+    assert refused.value.code == refused_status
+    page = browser.post("/login", user="alice", csrf_token=match.group(1))
+    assert "Logged in as alice." in page
+    assert browser.cookie() != before
+    token = CSRF_FIELD.search(page)
+    assert token, page
+    page = browser.post("/logout", csrf_token=token.group(1))
+    assert "Not logged in." in page and "Visits: 1" in page
+
+
+def test_sqlite_demo_keeps_its_sessions_in_the_default_file(tmp_path: Path) -> None:
+    with serving([str(EXAMPLES / "example.py"), "--port", "0"], r"Serving on (\S+)", tmp_path) as base:
+        check_login_with_csrf(check_session_persists(base), 403)
+    assert (tmp_path / "wsgi_dbsession.sqlite").stat().st_size > 0
+
+
+def test_postgresql_app_stores_sessions_in_the_given_table(tmp_path: Path) -> None:
+    table = unique_table_name("example")
+    url = LIVE_URLS["postgresql"]
+    store = SessionStore(url=url, table_name=table, create_table=False)
+    try:
+        with serving(
+            [str(EXAMPLES / "postgresql_app.py"), "--port", "0"],
+            r"Serving on (\S+)",
+            tmp_path,
+            WSGI_DBSESSION_URL=url,
+            WSGI_DBSESSION_TABLE=table,
+        ) as base:
+            check_session_persists(base)
+            assert store.count() == 1
+    finally:
+        drop_table(store.engine, store.table)
+        store.dispose()
+
+
+def test_pyramid_app_runs_on_its_own(tmp_path: Path) -> None:
+    with serving([str(EXAMPLES / "pyramid_app.py"), "--port", "0"], r"Serving on (\S+)", tmp_path) as base:
+        check_login_with_csrf(check_session_persists(base), 400)  # Pyramid's BadCSRFToken
+
+
+def test_ini_pipeline_under_pserve(tmp_path: Path) -> None:
+    args = [
+        "-m",
+        "pyramid.scripts.pserve",
+        str(EXAMPLES / "app.ini"),
+        "http_port=0",
+        f"session_secret={SECRET}",
+    ]
+    with serving(args, r"Serving on (http://\S+)", tmp_path) as base:
+        browser = check_session_persists(base)
+        assert browser.cookie().startswith("demo.sid=")  # cookie_name from the ini
+    assert _expiry_seconds(tmp_path / "wsgi_dbsession.sqlite") == pytest.approx(3600, abs=60)
+
+
+def test_pyramid_ini_under_gunicorn_with_the_example_config(tmp_path: Path) -> None:
+    args = [
+        "-m",
+        "gunicorn",
+        "-c",
+        str(EXAMPLES / "gunicorn.conf.py"),
+        "--paste",
+        str(EXAMPLES / "pyramid.ini"),
+        "--paste-global",
+        f"session_secret={SECRET}",
+        "--bind",
+        "127.0.0.1:0",
+    ]
+    with serving(args, r"Listening at: (http://\S+)", tmp_path) as base:
+        browser = check_session_persists(base)
+        assert browser.cookie().startswith("pyramid.sid=")
+        check_login_with_csrf(browser, 400)
+
+
+def _expiry_seconds(path: Path) -> float:
+    """Seconds from now to the expiry of the one row in an example's SQLite file."""
+    engine = sa.create_engine(f"sqlite:///{path}")
+    try:
+        with engine.connect() as conn:
+            (seconds,) = conn.execute(
+                sa.text("SELECT (julianday(expired) - julianday('now')) * 86400 FROM sessions")
+            ).one()
+        return float(seconds)
+    finally:
+        engine.dispose()
