@@ -1,4 +1,4 @@
-"""Code that test_databases.py runs in other processes.
+"""Helpers of the database tests, and the code they run in other processes.
 
 Kept apart from the test modules so a spawned child imports only the package,
 not pytest and the fixtures.
@@ -40,6 +40,14 @@ RAW_EXPIRED = {
     "mariadb": "CAST(expired AS CHAR)",
     "sqlite": "expired",
 }
+
+
+def server_connection_id(dbapi_connection: Any) -> int:
+    """The server's id for a driver connection, known since the handshake (no query)."""
+    info = getattr(dbapi_connection, "info", None)
+    if info is not None and hasattr(info, "backend_pid"):  # psycopg
+        return int(info.backend_pid)
+    return int(dbapi_connection.thread_id())  # PyMySQL
 
 
 def create_table_at_once(url: str, table_name: str, barrier: Any, results: Any) -> None:

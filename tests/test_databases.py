@@ -312,14 +312,6 @@ def test_expiry_is_exact_whatever_the_process_and_session_time_zones(
 # -- a connection the server killed ----------------------------------------------------
 
 
-def server_connection_id(dbapi_connection: Any) -> int:
-    """The server's id for a driver connection, known since the handshake (no query)."""
-    info = getattr(dbapi_connection, "info", None)
-    if info is not None and hasattr(info, "backend_pid"):  # psycopg
-        return int(info.backend_pid)
-    return int(dbapi_connection.thread_id())  # PyMySQL
-
-
 KILL = {
     "postgresql": "SELECT pg_terminate_backend(:id, 5000)",
     "mariadb": "KILL :id",
@@ -335,8 +327,8 @@ def pooled_ids() -> Iterator[Callable[[sa.Engine], list[int]]]:
         seen: list[int] = []
 
         def record(dbapi_connection: Any, *_args: Any) -> None:
-            if server_connection_id(dbapi_connection) not in seen:
-                seen.append(server_connection_id(dbapi_connection))
+            if db_workers.server_connection_id(dbapi_connection) not in seen:
+                seen.append(db_workers.server_connection_id(dbapi_connection))
 
         sa.event.listen(engine, "checkout", record)
         listeners.append((engine, record))
