@@ -39,6 +39,7 @@ RAW_EXPIRED = {
     "postgresql": "to_char(expired AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')",
     "mariadb": "CAST(expired AS CHAR)",
     "sqlite": "expired",
+    "mssql": "CONVERT(VARCHAR(27), expired, 121)",
 }
 
 
@@ -48,6 +49,24 @@ def server_connection_id(dbapi_connection: Any) -> int:
     if info is not None and hasattr(info, "backend_pid"):  # psycopg
         return int(info.backend_pid)
     return int(dbapi_connection.thread_id())  # PyMySQL
+
+
+def exercise(store: SessionStore) -> None:
+    """Every statement the store sends, once, on a key that needs escaping too."""
+    sid, expires = "a'b\"c", dt.datetime.now(UTC).replace(microsecond=0) + dt.timedelta(seconds=60)
+    store.set(sid, {"n": 1}, expires)
+    store.set(sid, {"n": 2}, expires)
+    assert store.get(sid) == {"n": 2}
+    stored = store.load(sid)
+    assert stored is not None
+    assert store.replace(sid, '{"n":3}', expires, expected=stored.text)
+    assert not store.replace(sid, '{"n":9}', expires, expected=stored.text)
+    assert store.rename(sid, "renamed", '{"n":4}', expires)
+    assert store.touch("renamed", dt.datetime.now(UTC).replace(microsecond=0) + dt.timedelta(seconds=120))
+    assert store.get("renamed") == {"n": 4}
+    assert store.count() == 1
+    store.destroy("renamed")
+    assert store.count() == 0
 
 
 def create_table_at_once(url: str, table_name: str, barrier: Any, results: Any) -> None:

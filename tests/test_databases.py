@@ -153,26 +153,8 @@ def test_sqlite_table_matches_design(tmp_path: Path, table_name: str) -> None:
 def test_quoted_table_and_column_names_work(make_store: Callable[..., SessionStore]) -> None:
     store = make_store(table_name=f"My-Sessions {secrets.token_hex(3)}", sid_column="Session-Id")
     store.create_table()
-    exercise(store)
+    db_workers.exercise(store)
     assert sa.inspect(store.engine).has_table(store.table.name)
-
-
-def exercise(store: SessionStore) -> None:
-    """Every statement the store sends, once, on a key that needs escaping too."""
-    sid, expires = "a'b\"c", whole_second(60)
-    store.set(sid, {"n": 1}, expires)
-    store.set(sid, {"n": 2}, expires)
-    assert store.get(sid) == {"n": 2}
-    stored = store.load(sid)
-    assert stored is not None
-    assert store.replace(sid, '{"n":3}', expires, expected=stored.text)
-    assert not store.replace(sid, '{"n":9}', expires, expected=stored.text)
-    assert store.rename(sid, "renamed", '{"n":4}', expires)
-    assert store.touch("renamed", whole_second(120))
-    assert store.get("renamed") == {"n": 4}
-    assert store.count() == 1
-    store.destroy("renamed")
-    assert store.count() == 0
 
 
 @contextlib.contextmanager
@@ -205,7 +187,7 @@ def test_table_in_another_schema(backend: str, spelling: str, engine_for: Any) -
         assert (store.table.schema, store.table.name) == (schema, table)
         store.create_table()
         store.create_table()  # a second start finds it there
-        exercise(store)
+        db_workers.exercise(store)
         inspector = sa.inspect(engine)
         assert inspector.has_table(table, schema=schema)
         assert not inspector.has_table(table)
@@ -292,13 +274,15 @@ def test_expiry_is_exact_whatever_the_process_and_session_time_zones(
         "postgresql": lambda moment: moment.strftime("%Y-%m-%d %H:%M:%S.%f"),
         "mariadb": lambda moment: moment.strftime("%Y-%m-%d %H:%M:%S"),
         "sqlite": to_iso_z,
+        "mssql": lambda moment: f"{moment:%Y-%m-%d %H:%M:%S}.{moment.microsecond // 1000:03d}0000",
     }[backend]
     assert report["raw"] == {
         "boundary": stored_as(expires),
         "fraction": stored_as(expires if backend == "mariadb" else fraction),
     }
     assert report["loaded_expires"] == expires.isoformat()
-    kept = {"mariadb": expires, "sqlite": fraction.replace(microsecond=999_000)}.get(backend, fraction)
+    milliseconds = fraction.replace(microsecond=999_000)
+    kept = {"mariadb": expires, "sqlite": milliseconds, "mssql": milliseconds}.get(backend, fraction)
     assert report["fraction_expires"] == kept.isoformat()
     assert report["live_a_second_before"]
     assert report["live_at_expiry"]

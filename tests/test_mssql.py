@@ -1,0 +1,194 @@
+"""MSSQL: every statement the package sends, compiled by SQLAlchemy's mssql dialect.
+
+No MSSQL server runs here, so the SQL itself is checked: types, quoting,
+the MERGE's lock hint, bound values. With ``WSGI_DBSESSION_MSSQL_URL`` set,
+the live tests at the end run too (and conftest adds "mssql" to the
+backends, so the whole contract suite runs on it); without it they skip
+and say so.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+import webtest
+from sqlalchemy.schema import CreateIndex, CreateTable
+
+from conftest import SECRET, StatementLog, backend_url, drop_table
+from tests.apps import session_app
+from tests.db_workers import exercise
+from wsgi_dbsession import SessionMiddleware, SessionStore
+from wsgi_dbsession.dialects import (
+    UTC,
+    ExpiryTimestamp,
+    SessionJSON,
+    batch_delete,
+    mssql_merge,
+    prune_lock,
+    strategy_for,
+)
+
+# Creating an engine does not connect: the dialect is all these tests use.
+OFFLINE_URL = "mssql+pymssql://user:password@mssql.invalid/sessions"
+
+
+@pytest.fixture
+def offline_store() -> Iterator[SessionStore]:
+    store = SessionStore(url=OFFLINE_URL, table_name="My-Sessions", sid_column="Session-Id", schema="app")
+    yield store
+    store.dispose()
+
+
+def sql(statement: Any, store: SessionStore) -> str:
+    """The statement as the mssql dialect renders it, on one line."""
+    return " ".join(str(statement.compile(dialect=store.engine.dialect)).split())
+
+
+def test_the_dialect_is_mssql_with_its_merge_upsert(offline_store: SessionStore) -> None:
+    assert offline_store.engine.dialect.name == "mssql"
+    assert offline_store.dialect.name == "mssql"
+    assert offline_store.dialect == strategy_for(offline_store.engine.dialect)
+
+
+def test_create_table_has_the_design_types(offline_store: SessionStore) -> None:
+    assert sql(CreateTable(offline_store.table), offline_store) == (
+        "CREATE TABLE app.[My-Sessions] ( "
+        "[Session-Id] NVARCHAR(255) NOT NULL, "
+        "sess NVARCHAR(max) NOT NULL, "
+        "expired DATETIME2 NOT NULL, "
+        "PRIMARY KEY ([Session-Id]) )"
+    )
+    (index,) = offline_store.table.indexes
+    assert sql(CreateIndex(index), offline_store) == (
+        "CREATE INDEX [My-Sessions_expired_index] ON app.[My-Sessions] (expired)"
+    )
+
+
+def test_select_reads_one_live_row(offline_store: SessionStore) -> None:
+    assert sql(offline_store._select, offline_store) == (
+        "SELECT app.[My-Sessions].sess AS sess, app.[My-Sessions].expired FROM app.[My-Sessions] "
+        "WHERE app.[My-Sessions].[Session-Id] = %(sid)s AND app.[My-Sessions].expired >= %(now)s"
+    )
+
+
+def test_merge_is_atomic_and_quotes_every_identifier(offline_store: SessionStore) -> None:
+    merge = mssql_merge(offline_store.table, offline_store.engine.dialect)
+    assert sql(merge, offline_store) == (
+        "MERGE INTO app.[My-Sessions] WITH (HOLDLOCK) AS t "
+        "USING (SELECT %(sid)s AS sid, %(sess)s AS sess, %(expired)s AS expired) AS s "
+        "ON t.[Session-Id] = s.sid "
+        "WHEN MATCHED THEN UPDATE SET t.sess = s.sess, t.expired = s.expired "
+        "WHEN NOT MATCHED THEN INSERT ([Session-Id], sess, expired) VALUES (s.sid, s.sess, s.expired);"
+    )
+    binds = merge.compile(dialect=offline_store.engine.dialect).binds
+    assert isinstance(binds["sid"].type, sa.Unicode)
+    assert isinstance(binds["sess"].type, sa.UnicodeText)
+    assert isinstance(binds["expired"].type, ExpiryTimestamp)
+
+
+def test_compare_and_set_rename_touch_and_delete(offline_store: SessionStore) -> None:
+    table = "app.[My-Sessions]"
+    assert sql(offline_store._replace, offline_store) == (
+        f"UPDATE {table} SET sess=%(sess)s, expired=%(expired)s "
+        f"WHERE {table}.[Session-Id] = %(b_sid)s AND {table}.sess = %(expected)s"
+    )
+    assert sql(offline_store._rename, offline_store) == (
+        f"UPDATE {table} SET [Session-Id]=%(new_sid)s, sess=%(sess)s, expired=%(expired)s "
+        f"WHERE {table}.[Session-Id] = %(old_sid)s"
+    )
+    assert sql(offline_store._touch, offline_store) == (
+        f"UPDATE {table} SET expired=%(expired)s WHERE {table}.[Session-Id] = %(b_sid)s"
+    )
+    assert sql(offline_store._delete, offline_store) == (
+        f"DELETE FROM {table} WHERE {table}.[Session-Id] = %(b_sid)s"
+    )
+
+
+def test_prune_deletes_in_batches_with_top(offline_store: SessionStore) -> None:
+    statement = batch_delete(offline_store.table, offline_store.engine.dialect, 500)
+    assert sql(statement, offline_store) == "DELETE TOP (500) FROM app.[My-Sessions] WHERE expired < %(now)s"
+
+
+def test_prune_lock_is_a_session_applock_that_never_waits(offline_store: SessionStore) -> None:
+    lock = prune_lock(offline_store.engine.dialect, "sessions prune")
+    assert lock is not None
+    acquire, release = sql(lock.acquire, offline_store), sql(lock.release, offline_store)
+    assert "EXEC @result = sp_getapplock @Resource = %(name)s" in acquire
+    assert "@LockOwner = 'Session', @LockTimeout = 0" in acquire
+    assert acquire.endswith("SELECT CASE WHEN @result >= 0 THEN 1 ELSE 0 END")
+    assert release == "EXEC sp_releaseapplock @Resource = %(name)s, @LockOwner = 'Session'"
+    assert len(lock.params["name"]) <= 255
+
+
+def test_expiry_is_bound_as_naive_utc_with_datetime2_precision(offline_store: SessionStore) -> None:
+    dialect = offline_store.engine.dialect
+    kolkata = dt.timezone(dt.timedelta(hours=5, minutes=30))
+    moment = dt.datetime(2030, 1, 2, 8, 0, 0, 123456, tzinfo=kolkata)
+    bound = ExpiryTimestamp().process_bind_param(moment, dialect)
+    assert bound == dt.datetime(2030, 1, 2, 2, 30, 0, 123000)
+    assert bound.tzinfo is None
+    read = ExpiryTimestamp().process_result_value(bound, dialect)
+    assert read == dt.datetime(2030, 1, 2, 2, 30, 0, 123000, tzinfo=UTC)
+    assert sa.types.to_instance(SessionJSON()).compile(dialect=dialect) == "NVARCHAR(max)"
+
+
+# -- a live server, when there is one ---------------------------------------------------
+
+
+@pytest.fixture
+def mssql_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return backend_url("mssql", tmp_path_factory)  # skips, saying "set WSGI_DBSESSION_MSSQL_URL"
+
+
+@pytest.fixture
+def mssql_store(mssql_url: str, table_name: str) -> Iterator[SessionStore]:
+    store = SessionStore(url=mssql_url, table_name=table_name)
+    yield store
+    drop_table(store.engine, store.table)
+    store.dispose()
+
+
+def test_live_mssql_store_round_trip(mssql_store: SessionStore) -> None:
+    exercise(mssql_store)
+
+
+def test_live_mssql_table_types(mssql_store: SessionStore) -> None:
+    mssql_store.create_table()
+    with mssql_store.engine.connect() as conn:
+        columns = conn.execute(
+            sa.text(
+                "SELECT column_name, data_type, character_maximum_length, is_nullable "
+                "FROM information_schema.columns WHERE table_name = :table ORDER BY ordinal_position"
+            ),
+            {"table": mssql_store.table.name},
+        ).all()
+    assert [tuple(row) for row in columns] == [
+        ("sid", "nvarchar", 255, "NO"),
+        ("sess", "nvarchar", -1, "NO"),
+        ("expired", "datetime2", None, "NO"),
+    ]
+
+
+def test_live_mssql_request_budget(mssql_store: SessionStore) -> None:
+    middleware = SessionMiddleware(
+        session_app,
+        secret=SECRET,
+        engine=mssql_store.engine,
+        table_name=mssql_store.table.name,
+        cleanup_interval=0,
+    )
+    app = webtest.TestApp(middleware)
+    log = StatementLog(mssql_store.engine)
+    assert app.get("/incr").json["data"] == {"count": 1}
+    assert len(log) == 1, log.statements
+    log.clear()
+    assert app.get("/incr").json["data"] == {"count": 2}
+    assert len(log) == 2, log.statements
+    log.clear()
+    app.get("/read")
+    assert len(log) == 1, log.statements
+    log.remove()
