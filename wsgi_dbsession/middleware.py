@@ -13,7 +13,7 @@ from .cleanup import PruneScheduler
 from .cookies import SameSite, Secure, SessionCookie, parse_secrets
 from .exceptions import ConfigurationError, SessionError, StoreUnavailable
 from .session import CookieUpdate, Session, SessionFactory
-from .store import Serializer, SessionStore
+from .store import PRUNE_BATCH_SIZE, Serializer, SessionStore
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo
@@ -52,6 +52,7 @@ class SessionMiddleware:
         schema: str | None = None,  # schema of the table, where the database has schemas
         create_table: bool = True,  # create the table and its index on first use when missing
         cleanup_interval: float = 60,  # seconds between prunes of expired rows; 0 disables
+        cleanup_batch_size: int = PRUNE_BATCH_SIZE,  # rows per delete statement of a prune
         serializer: Serializer | None = None,  # dumps/loads to and from JSON text; default json
         max_size: int | None = None,  # bytes; a larger serialized session is an error
         unavailable_status: int = 503,  # HTTP status when the session database is unreachable
@@ -94,7 +95,11 @@ class SessionMiddleware:
             touch_after=touch_after,
             max_size=max_size,
         )
-        self.cleanup = PruneScheduler(self.store, interval=cleanup_interval) if cleanup_interval else None
+        self.cleanup = (
+            PruneScheduler(self.store, interval=cleanup_interval, batch_size=cleanup_batch_size)
+            if cleanup_interval
+            else None
+        )
 
     def __repr__(self) -> str:
         return f"<SessionMiddleware {self.environ_key!r} {self.store!r}>"

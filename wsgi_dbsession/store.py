@@ -11,8 +11,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
+import sys
 import threading
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -20,12 +23,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from .dialects import UTC, ExpiryTimestamp, SessionJSON, create_missing_table, strategy_for
+from .dialects import UTC, ExpiryTimestamp, SessionJSON, batch_delete, create_missing_table, strategy_for
 from .exceptions import ConfigurationError, StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SQLITE_FILE = "wsgi_dbsession.sqlite"
+PRUNE_BATCH_SIZE = 1000  # rows deleted per statement (and per transaction) by a prune
 # The drivers this package is tested with, used when a URL names none.
 _DEFAULT_DRIVERS = {"postgresql": "psycopg", "mysql": "pymysql", "mariadb": "pymysql", "mssql": "pymssql"}
 
@@ -58,6 +62,14 @@ class JSONSerializer:
 
     def loads(self, text: str) -> Any:
         return json.loads(text)
+
+
+@dataclass(frozen=True)
+class SessionStats:
+    """How many rows the table holds: live ones and expired ones not pruned yet."""
+
+    live: int
+    expired: int
 
 
 @dataclass(frozen=True)
@@ -164,6 +176,7 @@ class SessionStore:
         self.dialect = strategy_for(self.engine.dialect)
         self._table_ready = not create_table
         self._table_lock = threading.Lock()
+        _STORES.add(self)
 
         table, sid, expired = self.table, self.table.c[sid_column], self.table.c.expired
         self._sid = sid
@@ -293,12 +306,57 @@ class SessionStore:
         """Delete the row for ``sid`` (nothing happens when there is none)."""
         self.run(lambda conn: conn.execute(self._delete, {"b_sid": sid}))
 
-    def prune(self, now: dt.datetime | None = None) -> int:
-        """Delete every expired row; returns how many went."""
-        stmt = sa.delete(self.table).where(
-            self.table.c.expired < sa.bindparam("now", type_=ExpiryTimestamp())
-        )
-        return self.run(lambda conn: conn.execute(stmt, {"now": now or utcnow()}).rowcount)
+    def prune(
+        self,
+        now: dt.datetime | None = None,
+        *,
+        batch_size: int = PRUNE_BATCH_SIZE,  # rows per statement
+        connection: Connection | None = None,
+    ) -> int:
+        """Delete every row expired before ``now``, in batches; returns how many went.
+
+        It takes no lock: :func:`wsgi_dbsession.cleanup.prune_once` does.
+        """
+        return sum(self.prune_batches(now, batch_size=batch_size, connection=connection))
+
+    def prune_batches(
+        self,
+        now: dt.datetime | None = None,
+        *,
+        batch_size: int = PRUNE_BATCH_SIZE,  # rows per statement
+        connection: Connection | None = None,
+    ) -> Iterator[int]:
+        """Delete expired rows ``batch_size`` at a time; yields each batch's count.
+
+        Each batch is one statement in its own transaction, so a live request
+        never waits longer than one batch. ``now`` is fixed before the first
+        batch: rows expiring meanwhile are left for the next prune, so the
+        loop ends under steady traffic. The batches run on ``connection``
+        when given (the one holding the prune lock), else each on a pooled
+        connection.
+        """
+        if batch_size < 1:
+            raise ConfigurationError("the prune batch size must be at least 1 row")
+        stmt = batch_delete(self.table, self.engine.dialect, batch_size)
+        params = {"now": now or utcnow()}
+
+        def delete(conn: Connection) -> int:
+            return int(conn.execute(stmt, params).rowcount)
+
+        while True:
+            if connection is None:
+                deleted = self.run(delete)
+            else:
+                self._ensure_table()
+                try:
+                    deleted = delete(connection)
+                    if _needs_commit(connection):
+                        connection.commit()
+                except DBAPIError as exc:
+                    raise _store_error(exc) from exc
+            yield deleted
+            if deleted < batch_size:
+                return
 
     def count(self, *, expired: bool = False, now: dt.datetime | None = None) -> int:
         """How many live rows there are (``expired=True``: how many expired ones)."""
@@ -308,9 +366,29 @@ class SessionStore:
         stmt = sa.select(sa.func.count()).select_from(self.table).where(condition)
         return int(self.run(lambda conn: conn.execute(stmt, {"now": now or utcnow()}).scalar_one()))
 
+    def stats(self, now: dt.datetime | None = None) -> SessionStats:
+        """How many rows are live and how many expired, at ``now``."""
+        now = now or utcnow()
+        return SessionStats(live=self.count(now=now), expired=self.count(expired=True, now=now))
+
     def clear(self) -> None:
         """Delete every row, live or not."""
         self.run(lambda conn: conn.execute(sa.delete(self.table)))
+
+
+# A connection used by two processes mixes their conversations, and gunicorn
+# --preload builds the store before it forks: a child starts with an empty
+# pool. close=False leaves the parent's connections alone.
+_STORES: weakref.WeakSet[SessionStore] = weakref.WeakSet()
+
+
+def _forget_inherited_pools() -> None:
+    for store in list(_STORES):
+        store.engine.dispose(close=False)
+
+
+if sys.platform != "win32":
+    os.register_at_fork(after_in_child=_forget_inherited_pools)
 
 
 def _needs_commit(conn: Connection) -> bool:

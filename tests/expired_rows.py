@@ -1,0 +1,48 @@
+"""Sessions tables filled with expired and live rows, for the prune tests and benchmark."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from wsgi_dbsession import SessionStore, generate_sid
+from wsgi_dbsession.dialects import to_iso_z
+from wsgi_dbsession.store import utcnow
+
+DAY = dt.timedelta(days=1)
+
+
+def session_text(expires: dt.datetime, number: int) -> str:
+    """An express-session row: its ``cookie`` object plus one value of the app's."""
+    cookie = {"originalMaxAge": 86400000, "expires": to_iso_z(expires), "httpOnly": True, "path": "/"}
+    return json.dumps({"cookie": cookie, "n": number}, separators=(",", ":"))
+
+
+def seed(store: SessionStore, *, expired: int, live: int, chunk: int = 5000) -> dict[str, str]:
+    """Insert ``expired`` rows that expired a day ago and ``live`` ones due in a day.
+
+    Returns the live rows, sid to ``sess`` text.
+    """
+    sid_column = store.table.primary_key.columns.values()[0].name
+    now = utcnow()
+    rows = [
+        {sid_column: generate_sid(), "sess": session_text(now - DAY, n), "expired": now - DAY}
+        for n in range(expired)
+    ]
+    live_rows = {generate_sid(): session_text(now + DAY, n) for n in range(live)}
+    rows += [{sid_column: sid, "sess": text, "expired": now + DAY} for sid, text in live_rows.items()]
+    store.create_table()
+    with store.engine.connect() as conn:
+        for start in range(0, len(rows), chunk):
+            conn.execute(store.table.insert(), rows[start : start + chunk])
+            conn.commit()
+    return live_rows
+
+
+def live_rows(store: SessionStore) -> dict[str, str]:
+    """Every row still in the table that has not expired, sid to ``sess`` text."""
+    table = store.table
+    sid, sess = table.primary_key.columns.values()[0], store.dialect.sess_text(table.c.sess)
+    with store.engine.connect() as conn:
+        found = conn.execute(table.select().with_only_columns(sid, sess).where(table.c.expired >= utcnow()))
+        return {row[0]: row[1] for row in found}

@@ -1,0 +1,114 @@
+"""The ``wsgi-dbsession`` command (also ``python -m wsgi_dbsession``).
+
+- ``prune``: delete the expired sessions now, under the same lock the
+  middleware's scheduler takes (for cron, with ``cleanup_interval=0``);
+- ``create-table``: create the table and its expiry index when missing;
+- ``stats``: how many sessions are live and how many expired.
+
+Each takes ``--url`` (or the ``WSGI_DBSESSION_URL`` environment variable,
+which keeps a password out of the process list), ``--table``,
+``--sid-column`` and ``--schema``. Exit status: 0 done, 1 the database
+failed (unreachable, no table), 2 a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+
+from .cleanup import prune_once
+from .exceptions import SessionError
+from .store import PRUNE_BATCH_SIZE, SessionStore
+
+URL_VARIABLE = "WSGI_DBSESSION_URL"
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--url",
+        default=os.environ.get(URL_VARIABLE),
+        help=f"SQLAlchemy URL of the session database (default: ${URL_VARIABLE})",
+    )
+    common.add_argument("--table", default="sessions", help='table name, may be "schema.table"')
+    common.add_argument("--sid-column", default="sid", help="name of the session id column")
+    common.add_argument("--schema", help="schema of the table, where the database has schemas")
+
+    parser = argparse.ArgumentParser(prog="wsgi-dbsession", description="Manage a wsgi_dbsession table.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    prune = commands.add_parser(
+        "prune", parents=[common], help="delete expired sessions (for cron; takes the prune lock)"
+    )
+    prune.add_argument(
+        "--batch-size",
+        type=int,
+        default=PRUNE_BATCH_SIZE,
+        help=f"rows per delete statement, each its own transaction (default {PRUNE_BATCH_SIZE})",
+    )
+    commands.add_parser("create-table", parents=[common], help="create the table and its index if missing")
+    stats = commands.add_parser("stats", parents=[common], help="count live and expired sessions")
+    stats.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not args.url:
+        parser.error(f"give --url or set {URL_VARIABLE}")
+    if args.command == "prune" and args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    try:
+        store = SessionStore(
+            url=args.url,
+            table_name=args.table,
+            sid_column=args.sid_column,
+            schema=args.schema,
+            create_table=False,
+        )
+    except (sa.exc.ArgumentError, SessionError) as exc:
+        parser.error(f"--url/--table: {exc}")
+    except ImportError as exc:
+        return _fail(f"the database driver is not installed ({exc}); install the matching extra")
+    try:
+        return _run(args, store)
+    except (SessionError, sa.exc.SQLAlchemyError) as exc:
+        return _fail(str(getattr(exc, "orig", None) or exc))
+    finally:
+        store.dispose()
+
+
+def _run(args: argparse.Namespace, store: SessionStore) -> int:
+    table = store.table.fullname
+    if args.command == "create-table":
+        store.create_table()
+        print(f"table {table!r} is ready")
+        return 0
+    if not sa.inspect(store.engine).has_table(store.table.name, schema=store.table.schema):
+        return _fail(f"there is no table {table!r}; create it with: wsgi-dbsession create-table")
+    if args.command == "stats":
+        stats = store.stats()
+        if args.json:
+            print(json.dumps({"table": table, "live": stats.live, "expired": stats.expired}))
+        else:
+            print(f"live {stats.live}\nexpired {stats.expired}")
+        return 0
+    started = time.perf_counter()
+    deleted = prune_once(store, batch_size=args.batch_size)
+    if deleted is None:
+        print(f"another process holds the prune lock of {table!r} and prunes it; nothing done")
+    else:
+        print(f"deleted {deleted} expired sessions from {table!r} in {time.perf_counter() - started:.3f} s")
+    return 0
+
+
+def _fail(message: str) -> int:
+    print(f"wsgi-dbsession: error: {message}", file=sys.stderr)
+    return 1
