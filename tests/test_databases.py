@@ -147,6 +147,32 @@ def test_sqlite_table_matches_design(tmp_path: Path, table_name: str) -> None:
         store.dispose()
 
 
+def test_sqlite_file_is_wal_with_synchronous_normal_and_full_can_be_chosen(tmp_path: Path) -> None:
+    def pragmas(engine: sa.Engine) -> tuple[Any, ...]:
+        with engine.connect() as conn:
+            return tuple(
+                conn.exec_driver_sql(f"PRAGMA {name}").scalar()
+                for name in ("journal_mode", "synchronous", "busy_timeout")
+            )
+
+    default = create_engine(f"sqlite:///{tmp_path / 'normal.sqlite'}")
+    assert pragmas(default) == ("wal", 1, 5000)  # synchronous 1 is NORMAL
+    default.dispose()
+
+    # The recipe of docs/databases.md: a listener added after the package's own runs last.
+    full = create_engine(f"sqlite:///{tmp_path / 'full.sqlite'}")
+
+    @sa.event.listens_for(full, "connect")
+    def synchronous_full(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.execute("PRAGMA synchronous=FULL")
+
+    assert pragmas(full) == ("wal", 2, 5000)
+    store = SessionStore(engine=full)
+    store.set("sid", {"durable": True}, whole_second(60))
+    assert store.get("sid") == {"durable": True}
+    full.dispose()
+
+
 # -- names -----------------------------------------------------------------------
 
 
