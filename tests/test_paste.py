@@ -22,6 +22,8 @@ from wsgi_dbsession.cookies import encode_value
 from wsgi_dbsession.settings import coerce, option_types, parse_settings
 
 OLD_SECRET = "an-older-secret-still-accepted-0123456789"
+# Two secrets, one a line: the first signs, the second still verifies.
+SECRET_LINES = f"\n{SECRET}\n{OLD_SECRET}"
 
 
 def app_factory(global_conf: dict[str, str], **local_conf: str) -> Any:
@@ -35,11 +37,15 @@ def find_middleware(app: Any) -> SessionMiddleware:
 
 
 @pytest.fixture
-def load_ini(tmp_path: Path) -> Iterator[Callable[[str], SessionMiddleware]]:
+def load_ini(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], SessionMiddleware]]:
     """Load an ini file as pserve does (``config:`` URI, PasteDeploy), dropping its table afterwards."""
     loaded: list[SessionMiddleware] = []
 
-    def load(filter_section: str) -> SessionMiddleware:
+    def load(settings: dict[str, str]) -> SessionMiddleware:
+        # A value with newlines becomes continuation lines, as a list is written in an ini file.
+        section = "".join(
+            f"{key} = {value.replace(chr(10), chr(10) + '    ')}\n" for key, value in settings.items()
+        )
         path = tmp_path / "app.ini"
         path.write_text(
             textwrap.dedent(
@@ -54,7 +60,7 @@ def load_ini(tmp_path: Path) -> Iterator[Callable[[str], SessionMiddleware]]:
                 use = egg:wsgi_dbsession
                 """
             )
-            + textwrap.dedent(filter_section)
+            + section
         )
         middleware = find_middleware(loadapp(f"config:{path}"))
         loaded.append(middleware)
@@ -67,15 +73,10 @@ def load_ini(tmp_path: Path) -> Iterator[Callable[[str], SessionMiddleware]]:
 
 
 def test_ini_pipeline_keeps_the_session_across_requests(
-    load_ini: Callable[[str], SessionMiddleware], db_url: str, table_name: str
+    load_ini: Callable[[dict[str, str]], SessionMiddleware], db_url: str, table_name: str
 ) -> None:
     middleware = load_ini(
-        f"""\
-        secret = {SECRET}
-        url = {db_url}
-        table_name = {table_name}
-        cleanup_interval = 0
-        """
+        {"secret": SECRET, "url": db_url, "table_name": table_name, "cleanup_interval": "0"}
     )
     app = webtest.TestApp(middleware)
     first = app.get("/incr")
@@ -85,34 +86,34 @@ def test_ini_pipeline_keeps_the_session_across_requests(
 
 
 def test_every_option_is_read_from_its_text(
-    load_ini: Callable[[str], SessionMiddleware], tmp_path: Path
+    load_ini: Callable[[dict[str, str]], SessionMiddleware], tmp_path: Path
 ) -> None:
     middleware = load_ini(
-        f"""\
-        secret =
-            {SECRET}
-            {OLD_SECRET}
-        url = sqlite:///{tmp_path}/sessions.sqlite
-        engine =
-        environ_key = my.session
-        cookie_name = app.sid
-        max_age = 3600
-        rolling = yes
-        touch_after = 30
-        secure = true
-        httponly = off
-        samesite = Strict
-        domain = example.org
-        path = /app
-        table_name = web_sessions
-        sid_column = session_id
-        schema =
-        create_table = false
-        cleanup_interval = 0
-        serializer = json
-        max_size = 4096
-        unavailable_status = 502
-        """
+        {
+            "secret": SECRET_LINES,
+            "url": f"sqlite:///{tmp_path}/sessions.sqlite",
+            "engine": "",
+            "environ_key": "my.session",
+            "cookie_name": "app.sid",
+            "max_age": "3600",
+            "rolling": "yes",
+            "touch_after": "30",
+            "secure": "true",
+            "httponly": "off",
+            "samesite": "Strict",
+            "domain": "example.org",
+            "path": "/app",
+            "table_name": "web_sessions",
+            "sid_column": "session_id",
+            "schema": "",
+            "create_table": "false",
+            "cleanup_interval": "300",
+            "cleanup_batch_size": "50",
+            "serializer": "json",
+            "max_size": "4096",
+            "unavailable_status": "502",
+            "override_app_errors": "false",
+        }
     )
     cookie, factory, store = middleware.cookie, middleware.factory, middleware.store
     assert cookie.secrets == (SECRET.encode(), OLD_SECRET.encode())
@@ -131,22 +132,17 @@ def test_every_option_is_read_from_its_text(
         ["session_id"],
     )
     assert store.serializer is json
-    assert middleware.cleanup is None
-    assert middleware.unavailable_status == 502
+    assert middleware.cleanup is not None
+    assert (middleware.cleanup.interval, middleware.cleanup.batch_size) == (300, 50)
+    assert (middleware.unavailable_status, middleware.override_app_errors) == (502, False)
     assert str(store.engine.url) == f"sqlite:///{tmp_path}/sessions.sqlite"
 
 
 def test_a_cookie_signed_with_a_later_secret_line_is_accepted(
-    load_ini: Callable[[str], SessionMiddleware], tmp_path: Path
+    load_ini: Callable[[dict[str, str]], SessionMiddleware], tmp_path: Path
 ) -> None:
     middleware = load_ini(
-        f"""\
-        secret =
-            {SECRET}
-            {OLD_SECRET}
-        url = sqlite:///{tmp_path}/rotation.sqlite
-        cleanup_interval = 0
-        """
+        {"secret": SECRET_LINES, "url": f"sqlite:///{tmp_path}/rotation.sqlite", "cleanup_interval": "0"}
     )
     app = webtest.TestApp(middleware)
     sid = sid_in(app.get("/incr"), SECRET)
