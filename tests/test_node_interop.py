@@ -475,3 +475,19 @@ def test_cookie_values_match_express_session_byte_for_byte(node: str) -> None:
     ours = [f"connect.sid={encode_value(sign(sid, secret))}" for secret in secrets for sid in sids]
     assert ours == expected
     assert any("%2B" in value or "%2F" in value for value in ours)
+
+
+def test_cookie_options_only_express_knows_survive_a_python_write(interop: Interop) -> None:
+    node_url = interop.start_node(cookie={"priority": "high", "partitioned": True})
+    python_url = interop.start_python()
+    browser = Browser()
+
+    _, cookies = browser.get(node_url + "/incr")
+    assert "Priority=High" in cookies[0] and "Partitioned" in cookies[0]
+    browser.get(python_url + "/incr")
+    stored, _ = interop.row(browser.sid) or pytest.fail("the row is gone")
+    assert stored["cookie"]["priority"] == "high" and stored["cookie"]["partitioned"] is True
+    # express-session rebuilds its Set-Cookie from the stored cookie object.
+    body, cookies = browser.get(node_url + "/incr")
+    assert body["data"]["count"] == 3
+    assert "Priority=High" in cookies[0] and "Partitioned" in cookies[0]

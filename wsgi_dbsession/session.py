@@ -40,6 +40,12 @@ BROWSER_SESSION_ROW_LIFETIME = 86400  # seconds
 COOKIE_KEY = "cookie"
 CREATED_KEY = "_created"
 RESERVED_KEYS = frozenset((COOKIE_KEY, CREATED_KEY))
+# The cookie-object fields this package writes from its own settings; any
+# other (express-session's ``priority``, ``partitioned``) is kept as stored,
+# because express-session builds its Set-Cookie from the stored object.
+OWN_COOKIE_FIELDS = frozenset(
+    ("originalMaxAge", "expires", "secure", "httpOnly", "domain", "path", "sameSite")
+)
 # Pyramid's storage keys, so a Pyramid app's sessions look the same here.
 FLASH_PREFIX = "_f_"
 CSRF_KEY = "_csrft_"
@@ -92,6 +98,7 @@ class Session(MutableMapping[str, Any]):
     __slots__ = (
         "_baseline",
         "_changed",
+        "_cookie_extra",
         "_cookie_header",
         "_created",
         "_data",
@@ -157,6 +164,7 @@ class Session(MutableMapping[str, Any]):
         self._created = float(created) if isinstance(created, (int, float)) else time.time()
         self._expires = stored.expires
         self._max_age = _stored_max_age(cookie, self._factory.max_age)
+        self._cookie_extra: dict[str, Any] = _foreign_cookie_fields(cookie)
         self._changed = False
         return True
 
@@ -170,6 +178,7 @@ class Session(MutableMapping[str, Any]):
         self._created = now.timestamp()
         self._expires = now
         self._max_age = self._factory.max_age
+        self._cookie_extra = {}
         self._changed = False
 
     # -- the mapping ------------------------------------------------------------
@@ -436,6 +445,7 @@ class Session(MutableMapping[str, Any]):
         cookie = self._factory.cookie
         meta: dict[str, Any] = {
             "originalMaxAge": None if self._max_age is None else self._max_age * 1000,
+            **self._cookie_extra,  # where express-session puts partitioned and priority
             "expires": None if self._max_age is None else to_iso_z(expires),
         }
         if secure:
@@ -455,6 +465,13 @@ class Session(MutableMapping[str, Any]):
         if limit is not None and size > limit:
             raise SessionTooLarge(size, limit)
         return text, expires
+
+
+def _foreign_cookie_fields(cookie: Any) -> dict[str, Any]:
+    """The fields of a stored cookie object that this package does not write itself."""
+    if not isinstance(cookie, dict):
+        return {}
+    return {key: value for key, value in cookie.items() if key not in OWN_COOKIE_FIELDS}
 
 
 def _stored_max_age(cookie: Any, default: int | None) -> int | None:
