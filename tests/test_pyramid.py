@@ -15,7 +15,7 @@ from zope.interface.verify import verifyObject
 
 from conftest import SECRET, StatementLog, drop_table
 from tests.test_middleware import set_cookies, sid_in
-from wsgi_dbsession import ConfigurationError, Session, SessionMiddleware
+from wsgi_dbsession import ConfigurationError, SerializationError, Session, SessionMiddleware
 from wsgi_dbsession.pyramid import DBSessionFactory
 
 
@@ -43,25 +43,27 @@ def plain(request: Request) -> dict[str, Any]:
     return {}
 
 
-def build(settings: dict[str, str], seen: list[Any] | None = None) -> Any:
-    """A Pyramid app with CSRF required on POST; ``seen`` collects each request's session."""
+def unsavable(request: Request) -> dict[str, Any]:
+    request.session["when"] = object()
+    return {"saved": True}
 
-    def remember_session(request: Request) -> dict[str, Any]:
-        assert seen is not None
-        seen.append(request.session)
-        seen.append(request.environ.get("dbsession"))
+
+def build(settings: dict[str, str], sessions: list[Any] | None = None) -> Any:
+    """A Pyramid app with CSRF required on POST; ``/seen`` adds its session to ``sessions``."""
+
+    def seen(request: Request) -> dict[str, Any]:
+        assert sessions is not None
+        sessions.append(request.session)
+        sessions.append(request.environ.get("dbsession"))
         return {}
 
     with Configurator(settings=settings) as config:
         config.include("wsgi_dbsession.pyramid")
         config.set_default_csrf_options(require_csrf=True)
-        for name, view in [("state", state), ("login", login), ("logout", logout), ("incr", incr)]:
+        for view in [state, login, logout, incr, plain, unsavable, seen]:
+            name = view.__name__
             config.add_route(name, f"/{name}")
             config.add_view(view, route_name=name, renderer="json")
-        config.add_route("plain", "/plain")
-        config.add_view(plain, route_name="plain", renderer="json")
-        config.add_route("seen", "/seen")
-        config.add_view(remember_session, route_name="seen", renderer="json")
         return config.make_wsgi_app()
 
 
@@ -72,7 +74,7 @@ def make_pyramid(
     """Pyramid apps configured by string settings, as an ini file gives them."""
     factories: list[DBSessionFactory] = []
 
-    def make(seen: list[Any] | None = None, **extra: str) -> tuple[webtest.TestApp, DBSessionFactory]:
+    def make(sessions: list[Any] | None = None, **extra: str) -> tuple[webtest.TestApp, DBSessionFactory]:
         settings = {
             "dbsession.secret": SECRET,
             "dbsession.url": db_url,
@@ -80,7 +82,7 @@ def make_pyramid(
             "dbsession.cleanup_interval": "0",
             **{f"dbsession.{key}": value for key, value in extra.items()},
         }
-        router = build(settings, seen)
+        router = build(settings, sessions)
         factory = router.registry.getUtility(ISessionFactory)
         factories.append(factory)
         return webtest.TestApp(router), factory
@@ -130,10 +132,10 @@ def test_post_needs_the_session_csrf_token(make_pyramid: Any) -> None:
 
 
 def test_request_session_provides_isession(make_pyramid: Any) -> None:
-    seen: list[Any] = []
-    app, _ = make_pyramid(seen=seen)
+    sessions: list[Any] = []
+    app, _ = make_pyramid(sessions=sessions)
     app.get("/seen")
-    session, in_environ = seen
+    session, in_environ = sessions
     assert isinstance(session, Session)
     assert verifyObject(ISession, session)
     assert session is in_environ
@@ -148,9 +150,16 @@ def test_unused_session_costs_nothing(make_pyramid: Any) -> None:
     assert set_cookies(response) == []
 
 
+def test_a_session_that_cannot_be_saved_fails_the_response(make_pyramid: Any) -> None:
+    app, factory = make_pyramid()
+    with pytest.raises(SerializationError, match="'when'"):
+        app.get("/unsavable")  # the error leaves Pyramid: the server answers 500, not the view's page
+    assert factory.middleware.store.count() == 0
+
+
 def test_an_app_wrapped_by_the_middleware_uses_its_session(make_pyramid: Any, table_name: str) -> None:
-    seen: list[Any] = []
-    app, factory = make_pyramid(seen=seen)
+    sessions: list[Any] = []
+    app, factory = make_pyramid(sessions=sessions)
     store = factory.middleware.store
     middleware = SessionMiddleware(
         app.app, secret=SECRET, engine=store.engine, table_name=table_name, cleanup_interval=0
@@ -158,7 +167,7 @@ def test_an_app_wrapped_by_the_middleware_uses_its_session(make_pyramid: Any, ta
     middleware.store.create_table()
     wrapped = webtest.TestApp(middleware)
     wrapped.get("/seen")
-    session, in_environ = seen
+    session, in_environ = sessions
     assert session is in_environ
     log = StatementLog(store.engine)
     response = wrapped.get("/state")
