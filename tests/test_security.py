@@ -1,0 +1,256 @@
+"""Security guarantees, through real requests on every live database (docs/security.md names each test).
+
+Session fixation, secret rotation, cookie flags, constant-time comparisons,
+and no secret or session id in logs (at DEBUG, error paths included) or in
+the repr of any object the package hands out.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import unquote
+
+import pytest
+import sqlalchemy as sa
+import webtest
+
+from conftest import SECRET, StatementLog, drop_table
+from tests.apps import session_app
+from tests.test_middleware import sid_in
+from wsgi_dbsession import SessionMiddleware, SessionStore, sign
+from wsgi_dbsession.cookies import encode_value, generate_sid
+from wsgi_dbsession.session import CookieUpdate
+
+MakeApp = Callable[..., tuple[webtest.TestApp, SessionMiddleware]]
+OLD_SECRET = "the-retired-secret-0123456789abcdefghijklmn"
+
+
+# -- session fixation ----------------------------------------------------------
+
+
+def test_a_planted_id_is_never_adopted_even_when_validly_signed(make_app: MakeApp) -> None:
+    app, middleware = make_app(session_app)
+    planted = generate_sid()  # what an attacker would put in a victim's browser
+    app.set_cookie("connect.sid", encode_value(sign(planted, SECRET)))
+    issued = sid_in(app.get("/login?user=victim"))
+    assert issued != planted
+    assert middleware.store.load(planted) is None, "nothing was ever stored under the planted id"
+    assert middleware.store.get(issued)["user"] == "victim"  # type: ignore[index]
+
+
+def test_login_regenerates_so_an_id_known_before_login_is_worthless(make_app: MakeApp) -> None:
+    app, middleware = make_app(session_app)
+    before_login = sid_in(app.get("/incr"))
+    attacker = webtest.TestApp(middleware)
+    attacker.set_cookie("connect.sid", app.cookies["connect.sid"])  # the id was fixed or sniffed pre-login
+    after_login = sid_in(app.get("/login?user=victim"))
+    assert after_login != before_login
+    assert middleware.store.load(before_login) is None
+    assert attacker.get("/read").json["data"] == {}, "the old id opens nothing"
+    assert app.get("/read").json["data"] == {"count": 1, "user": "victim"}
+
+
+def test_logout_deletes_the_row_so_a_replayed_cookie_is_worthless(make_app: MakeApp) -> None:
+    app, _ = make_app(session_app)
+    app.get("/login?user=victim")
+    stolen = app.cookies["connect.sid"]
+    app.get("/logout")
+    replay = webtest.TestApp(app.app)
+    replay.set_cookie("connect.sid", stolen)
+    assert replay.get("/read").json["data"] == {}
+
+
+# -- secret rotation -------------------------------------------------------------
+
+
+def test_a_cookie_signed_with_a_retired_secret_opens_nothing_and_costs_no_query(make_app: MakeApp) -> None:
+    old_app, old = make_app(session_app, secret=OLD_SECRET)
+    old_app.get("/incr")
+    cookie = old_app.cookies["connect.sid"]
+    rotated, middleware = make_app(session_app, secret=[SECRET, OLD_SECRET])
+    rotated.set_cookie("connect.sid", cookie)
+    assert rotated.get("/read").json["data"] == {"count": 1}, "during rotation the old secret verifies"
+    retired, middleware = make_app(session_app, secret=SECRET)
+    retired.set_cookie("connect.sid", cookie)
+    log = StatementLog(middleware.store.engine)
+    assert retired.get("/read").json["data"] == {}
+    assert log.statements == [], "an unverifiable cookie costs no query"
+    assert old.store.count() == 1, "the old row is not touched; it expires and is pruned"
+
+
+# -- cookie flags --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "expected", "absent"),
+    [
+        ({}, ["HttpOnly", "SameSite=lax", "Path=/", "Max-Age=86400"], ["secure", "Domain"]),
+        (
+            {"secure": True, "samesite": "strict", "domain": "example.com", "path": "/app"},
+            ["HttpOnly", "secure", "SameSite=strict", "Domain=example.com", "Path=/app"],
+            [],
+        ),
+        ({"samesite": "none", "secure": True}, ["SameSite=none", "secure"], []),
+        ({"httponly": False, "samesite": None}, ["Path=/"], ["HttpOnly", "SameSite"]),
+        ({"max_age": None}, ["HttpOnly"], ["Max-Age", "expires"]),
+    ],
+    ids=["defaults", "strict-domain-path", "samesite-none", "no-httponly-no-samesite", "browser-session"],
+)
+def test_cookie_flags_follow_the_options_on_set_and_on_expire(
+    make_app: MakeApp, options: dict[str, Any], expected: list[str], absent: list[str]
+) -> None:
+    app, _ = make_app(session_app, **options)
+    set_header = app.get("/incr").headers["Set-Cookie"]
+    expire_header = app.get("/logout").headers["Set-Cookie"]
+    for header in (set_header, expire_header):
+        attributes = [part.strip() for part in header.split(";")[1:]]
+        for flag in expected:
+            if header is expire_header and flag.startswith("Max-Age"):
+                continue
+            assert flag in attributes, (flag, header)
+        for flag in absent:
+            if header is expire_header and flag in ("Max-Age", "expires"):
+                continue
+            assert not any(part.lower().startswith(flag.lower()) for part in attributes), (flag, header)
+    assert "Max-Age=0" in expire_header
+
+
+# -- constant-time comparisons -------------------------------------------------------
+
+
+def test_csrf_tokens_and_cookie_signatures_are_compared_with_compare_digest(
+    make_app: MakeApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compared: list[tuple[Any, Any]] = []
+    real = hmac.compare_digest
+
+    def spy(a: Any, b: Any) -> bool:
+        compared.append((a, b))
+        return real(a, b)
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        session = environ["dbsession"]
+        token = session.get_csrf_token()
+        checks = [session.check_csrf_token(guess) for guess in (token, "0" * 40, None)]
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps({"token": token, "checks": checks}).encode()]
+
+    client, _ = make_app(app)
+    client.get("/")  # the session and its token exist from now on
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    answer = client.get("/").json
+    token = answer["token"]
+    assert answer["checks"] == [True, False, False]
+    assert (token.encode(), token.encode()) in compared, "the CSRF token went through compare_digest"
+    assert (token.encode(), b"0" * 40) in compared
+    signature = unquote(client.cookies["connect.sid"]).rpartition(".")[2]
+    assert any(b == signature for _, b in compared), "the cookie signature went through compare_digest"
+
+
+# -- no secret or session id in logs or reprs -------------------------------------------
+
+
+def test_no_secret_or_session_id_in_logs_at_debug_level(
+    make_app: MakeApp, db_url: str, table_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)  # every logger: the package's, and the drivers'
+    caplog.set_level(
+        logging.DEBUG, logger="sqlalchemy"
+    )  # SQLAlchemy sets its own to WARN: its statements, pool
+    app, middleware = make_app(session_app)
+    sids: set[str | None] = set()
+    for path, status in [
+        ("/incr", 200),
+        ("/nested", 200),
+        ("/login?user=alice", 200),
+        ("/read", 200),
+        ("/unserializable", 500),
+        ("/logout", 200),
+        ("/incr", 200),
+    ]:
+        for header in app.get(path, status=status).headers.getall("Set-Cookie"):
+            sids.add(middleware.cookie.read(header.split(";", 1)[0]))
+    assert len(sids - {None}) == 3, "the first session, the one login made, the one after logout"
+    tampered = encode_value(sign(generate_sid(), SECRET))[:-4] + "AAAA"
+    webtest.TestApp(middleware).get("/read", headers={"Cookie": f"connect.sid={tampered}"})
+
+    # A statement that fails with its parameters bound: the table vanishes under a live cookie.
+    broken = SessionMiddleware(
+        session_app, secret=SECRET, url=db_url, table_name=f"{table_name}_gone", cleanup_interval=0
+    )
+    try:
+        broken_app = webtest.TestApp(broken)
+        sids.add(broken.cookie.read(broken_app.get("/incr").headers["Set-Cookie"].split(";", 1)[0]))
+        drop_table(broken.store.engine, broken.store.table)
+        broken_app.get("/incr", status=[500, 503])  # SQLite reports a missing table as operational
+    finally:
+        broken.close()
+    # An unreachable database.
+    down = SessionMiddleware(session_app, secret=SECRET, url=_unreachable(db_url), cleanup_interval=0)
+    try:
+        down_app = webtest.TestApp(down)
+        down_app.set_cookie("connect.sid", app.cookies["connect.sid"])
+        down_app.get("/read", status=503)
+    finally:
+        down.close()
+
+    sids.discard(None)
+    assert len(sids) == 4
+    assert "SELECT" in caplog.text, "SQLAlchemy's statement log was on"
+    leaks = [sid for sid in sids if sid in caplog.text]
+    assert leaks == [], caplog.text
+    assert SECRET not in caplog.text
+    assert not re.search(r"s%3A|s:[A-Za-z0-9_-]{16,}\.", caplog.text), "no signed cookie value in logs"
+    assert "SQL parameters hidden" in caplog.text or db_url.startswith("sqlite"), (
+        "the failed statement was logged, without its parameters"
+    )
+
+
+def test_no_secret_or_session_id_in_reprs(make_app: MakeApp) -> None:
+    seen: dict[str, Any] = {}
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        session = environ["dbsession"]
+        seen["unloaded"] = repr(session)
+        session["user"] = "alice"
+        seen["sid"] = session.id
+        seen["loaded"] = repr(session)
+        start_response("200 OK", [])
+        return [b""]
+
+    client, middleware = make_app(app)
+    client.get("/")
+    sid = seen["sid"]
+    stored = middleware.store.load(sid)
+    password_store = SessionStore(
+        url="postgresql://app:hunter2-very-secret@db.invalid/app", create_table=False
+    )
+    texts = [
+        seen["unloaded"],
+        seen["loaded"],
+        repr(middleware),
+        repr(middleware.store),
+        repr(middleware.cookie),
+        repr(middleware.factory),
+        repr(CookieUpdate(sid, 60)),
+        repr(stored),
+        repr(password_store),
+    ]
+    password_store.dispose()
+    for text in texts:
+        assert sid not in text, text
+        assert SECRET not in text and SECRET.encode().hex() not in text, text
+        assert repr(SECRET.encode()) not in text, text
+        assert "hunter2" not in text, text
+
+
+def _unreachable(url: str) -> str:
+    """The same database kind at a closed port (SQLite: a file in a missing directory)."""
+    if url.startswith("sqlite"):
+        return "sqlite:////nonexistent-directory/sessions.sqlite"
+    return str(sa.make_url(url).set(port=1).render_as_string(hide_password=False))
