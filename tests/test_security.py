@@ -7,11 +7,13 @@ the repr of any object the package hands out.
 
 from __future__ import annotations
 
+import ast
 import hmac
 import json
 import logging
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -27,6 +29,8 @@ from wsgi_dbsession.cookies import encode_value, generate_sid
 from wsgi_dbsession.session import CookieUpdate
 
 MakeApp = Callable[..., tuple[webtest.TestApp, SessionMiddleware]]
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "wsgi_dbsession"
 OLD_SECRET = "the-retired-secret-0123456789abcdefghijklmn"
 
 
@@ -254,3 +258,30 @@ def _unreachable(url: str) -> str:
     if url.startswith("sqlite"):
         return "sqlite:////nonexistent-directory/sessions.sqlite"
     return str(sa.make_url(url).set(port=1).render_as_string(hide_password=False))
+
+
+def test_the_package_never_imports_pickle() -> None:
+    unsafe = {"pickle", "cPickle", "_pickle", "marshal", "shelve", "dill", "jsonpickle"}
+    found = []
+    for path in PACKAGE.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            found += [f"{path.name}: {name}" for name in names if name.split(".")[0] in unsafe]
+    assert found == []
+
+
+@pytest.mark.parametrize("page", ["security.md", "reliability.md"])
+def test_every_test_named_in_the_docs_exists(page: str) -> None:
+    named = set(re.findall(r"`(tests/\w+\.py)::(\w+)`", (ROOT / "docs" / page).read_text()))
+    assert len(named) >= 10
+    missing = [
+        f"{module}::{name}"
+        for module, name in sorted(named)
+        if not re.search(rf"^def {name}\(", (ROOT / module).read_text(), re.MULTILINE)
+    ]
+    assert missing == [], f"docs/{page} names tests that do not exist"
