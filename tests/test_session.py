@@ -180,3 +180,17 @@ def test_a_session_first_used_while_the_body_streams_is_saved_only_if_the_client
     app.set_cookie("connect.sid", encode_value(sign(sid, SECRET)))
     app.get("/")
     assert middleware.store.get(sid)["late"] == 11
+
+
+def test_an_app_that_calls_save_itself_still_gets_its_cookie(make_app: MakeApp) -> None:
+    def beaker_habit(session: Any) -> Any:
+        session["n"] = session.get("n", 0) + 1
+        session.save()
+        return session["n"]
+
+    app, middleware = make_app(app_doing(beaker_habit))
+    response = app.get("/")
+    sid = sid_in(response)
+    assert middleware.store.get(sid)["n"] == 1
+    assert app.get("/").json == 2
+    assert middleware.store.get(sid)["n"] == 2

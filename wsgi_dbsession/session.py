@@ -104,6 +104,7 @@ class Session(MutableMapping[str, Any]):
         "_data",
         "_doomed_sid",
         "_expire_cookie",
+        "_cookie_update",
         "_expires",
         "_factory",
         "_load_error",
@@ -141,6 +142,7 @@ class Session(MutableMapping[str, Any]):
         self._doomed_sid: str | None = None
         self._renamed_from: str | None = None
         self._expire_cookie = False
+        self._cookie_update: CookieUpdate | None = None
         self._loaded = True
         if stored is None or not self._adopt(sid, stored):
             self._start_fresh(now)
@@ -328,10 +330,17 @@ class Session(MutableMapping[str, Any]):
         response has started, so no cookie can follow; a new session is then
         not stored (its id could never reach the client) and no rolling touch
         is made. Safe to call again: a second call writes only what changed
-        since the first.
+        since the first, and still returns the cookie change of the first, so
+        an app that calls ``save()`` itself (a Beaker habit) loses nothing.
         """
         if not self._loaded:
             return None
+        update = self._write(secure, headers_sent)
+        if update is not None:
+            self._cookie_update = update
+        return self._cookie_update
+
+    def _write(self, secure: bool, headers_sent: bool) -> CookieUpdate | None:
         store = self._factory.store
         if self._doomed_sid is not None:
             store.destroy(self._doomed_sid)
