@@ -173,11 +173,15 @@ class Interop:
         secrets: tuple[str, ...] = (SECRET_A,),
         max_age_ms: int | None = MAX_AGE * 1000,
         cookie: dict[str, Any] | None = None,
+        script: Path = SERVER_JS,
+        env: dict[str, str] | None = None,
     ) -> str:
-        """Start server.js on this table; returns its base URL once it listens."""
+        """Start an Express app (server.js) on this table; returns its base URL once it listens."""
         database = sa.make_url(self.url).database if self.kind == "sqlite" else self.url
         env = {
             **os.environ,
+            "NODE_PATH": str(NODE_DIR / "node_modules"),  # for a script outside tests/node
+            **(env or {}),
             "WDS_DB_CLIENT": "sqlite3" if self.kind == "sqlite" else "pg",
             "WDS_DB_CONNECTION": str(database),
             "WDS_TABLE": self.table_name,
@@ -188,15 +192,15 @@ class Interop:
         log_path = self.tmp_path / f"node-{len(self.processes)}.log"
         with open(log_path, "w") as log:
             process = subprocess.Popen(
-                [self.node, str(SERVER_JS)], env=env, stdout=subprocess.PIPE, stderr=log, text=True
+                [self.node, str(script)], env=env, stdout=subprocess.PIPE, stderr=log, text=True
             )
         self.processes.append(process)
         assert process.stdout is not None
         ready, _, _ = select.select([process.stdout], [], [], NODE_START_TIMEOUT)
-        line = process.stdout.readline() if ready else ""
-        if not line:
+        listening = re.fullmatch(r"listening on (\d+)\n", process.stdout.readline() if ready else "")
+        if listening is None:
             pytest.fail(f"the Express app did not start:\n{log_path.read_text()}")
-        return f"http://127.0.0.1:{json.loads(line)['port']}"
+        return f"http://127.0.0.1:{listening.group(1)}"
 
     def start_python(self, *, secret: str | list[str] = SECRET_A, **options: Any) -> str:
         """Serve the middleware (on tests/apps.py's session_app) on this table; returns its base URL."""
@@ -209,6 +213,10 @@ class Interop:
             cleanup_interval=0,
             **options,
         )
+        return self.serve(middleware)
+
+    def serve(self, middleware: SessionMiddleware) -> str:
+        """Serve a middleware-wrapped app with wsgiref; returns its base URL."""
         self.middlewares.append(middleware)
         server = make_server("127.0.0.1", 0, middleware, handler_class=QuietHandler)
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
@@ -491,3 +499,36 @@ def test_cookie_options_only_express_knows_survive_a_python_write(interop: Inter
     body, cookies = browser.get(node_url + "/incr")
     assert body["data"]["count"] == 3
     assert "Priority=High" in cookies[0] and "Partitioned" in cookies[0]
+
+
+def code_block(text: str, language: str) -> str:
+    (block,) = re.findall(rf"^```{language}\n(.*?)^```$", text, re.MULTILINE | re.DOTALL)
+    return str(block)
+
+
+@pytest.mark.parametrize("interop", ["postgresql"], indirect=True)
+def test_the_worked_example_shares_a_login(interop: Interop, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/interop.md's two apps, run as written, on a table of their own."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "interop.md").read_text()
+    js, py = code_block(doc, "js"), code_block(doc, "python")
+    assert js.count('tableName: "sessions"') == 1 and py.count('table_name="sessions"') == 1
+    script = interop.tmp_path / "server.js"
+    script.write_text(js.replace('tableName: "sessions"', f'tableName: "{interop.table_name}"'))
+    env = {"DATABASE_URL": interop.url, "SESSION_SECRETS": f"{SECRET_A} {SECRET_B}", "PORT": "0"}
+    node_url = interop.start_node(script=script, env=env)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    namespace: dict[str, Any] = {}
+    exec(py.replace('table_name="sessions"', f'table_name="{interop.table_name}"'), namespace)
+    python_url = interop.serve(namespace["app"])
+    browser = Browser()
+
+    def text(url: str) -> str:
+        with browser.opener.open(url, timeout=10) as response:
+            return str(response.read().decode())
+
+    assert text(node_url + "/login?user=alice") == "logged in as alice"
+    assert text(python_url + "/") == "hello alice, visit 1"
+    assert text(node_url + "/") == "hello alice, visit 2"
+    assert text(python_url + "/logout") == "logged out"
+    assert text(node_url + "/") == "hello stranger, visit 1"

@@ -8,7 +8,7 @@
 //   WDS_SECRETS        JSON array of secrets: the first signs, each verifies
 //   WDS_MAX_AGE_MS     cookie maxAge in milliseconds, or "null" for a browser-session cookie
 //   WDS_COOKIE         optional JSON object merged into the cookie options
-// Listens on 127.0.0.1 on a free port and prints {"port": N} once the table is ready.
+// Listens on 127.0.0.1 on a free port and prints "listening on N" once the table is ready.
 "use strict";
 
 const express = require("express");
@@ -87,7 +87,7 @@ app.get("/cleanup", async (req, res, next) => {
 store.ready.then(
   () => {
     const server = app.listen(0, "127.0.0.1", () => {
-      process.stdout.write(JSON.stringify({ port: server.address().port }) + "\n");
+      console.log(`listening on ${server.address().port}`);
     });
     const stop = () => server.close(() => knex.destroy().then(() => process.exit(0)));
     process.on("SIGTERM", stop);
