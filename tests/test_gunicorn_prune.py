@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from conftest import BACKENDS, SECRET, backend_url, drop_table, unique_table_name
-from tests.expired_rows import live_rows, seed
+from tests.prune_helpers import live_rows, seed
 from wsgi_dbsession import SessionStore, sign
 from wsgi_dbsession.cookies import encode_value
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import datetime as dt
+import hashlib
 import logging
 import os
 import sys
@@ -117,7 +118,7 @@ class _DatabaseLock(PruneLock):
 
 
 class _FileLock(PruneLock):
-    """``flock`` on a file beside the SQLite database: one holder per host, freed when it exits."""
+    """``flock`` on a file beside the SQLite database file: one holder per host, freed when it exits."""
 
     def __init__(self, path: str) -> None:
         super().__init__()
@@ -168,7 +169,9 @@ def open_prune_lock(store: SessionStore) -> PruneLock:
         and database not in ("", ":memory:")
         and not database.startswith("file:")
     ):
-        return _FileLock(os.path.abspath(database) + ".prune-lock")
+        # One file per table: tables sharing a database file are pruned independently.
+        tag = hashlib.blake2b(store.table.fullname.encode(), digest_size=4).hexdigest()
+        return _FileLock(f"{os.path.abspath(database)}.prune-{tag}.lock")
     return PruneLock()
 
 

@@ -1,10 +1,11 @@
-"""The app tests/test_gunicorn_prune.py serves with gunicorn, configured by environment variables.
+"""The app gunicorn serves for tests/test_gunicorn_prune.py and benchmarks/prune_latency.py.
 
 ``PRUNE_APP_URL`` and ``PRUNE_APP_TABLE`` name the sessions table,
-``PRUNE_APP_INTERVAL`` is the ``cleanup_interval`` in seconds, and every
+``PRUNE_APP_INTERVAL`` is the ``cleanup_interval`` in seconds (0: no job), and every
 process appends its log lines to the file ``PRUNE_APP_LOG``.
 
 - ``/``: reads the session of the request's cookie; answers its data (null without one);
+- ``/incr``: the same, after adding 1 to the session's ``n`` (a read and a write);
 - ``/db``: answers this process's pid and the database's id of the connection it uses.
 """
 
@@ -16,16 +17,9 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-import sqlalchemy as sa
-
 from conftest import SECRET
+from tests.prune_helpers import connection_id
 from wsgi_dbsession import SessionMiddleware
-
-_CONNECTION_ID = {
-    "postgresql": "SELECT pg_backend_pid()",
-    "mysql": "SELECT CONNECTION_ID()",
-    "mariadb": "SELECT CONNECTION_ID()",
-}
 
 # One write per line to a file opened for appending: the lines of several
 # processes never mix.
@@ -39,9 +33,11 @@ _logger.setLevel(logging.DEBUG)
 def _app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
     body: dict[str, Any] = {"pid": os.getpid()}
     if environ["PATH_INFO"] == "/db":
-        body["connection"] = connection_id()
+        body["connection"] = connection_id(app.store)
     else:
         session = environ["dbsession"]
+        if environ["PATH_INFO"] == "/incr":
+            session["n"] = session.get("n", 0) + 1
         body["data"] = dict(session) if not session.new else None
     payload = json.dumps(body).encode()
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))])
@@ -57,14 +53,6 @@ app = SessionMiddleware(
 )
 
 
-def connection_id() -> int | None:
-    """The database's id for the connection this process's pool hands out (None on SQLite)."""
-    sql = _CONNECTION_ID.get(app.store.engine.dialect.name)
-    if sql is None:
-        return None
-    return int(app.store.run(lambda conn: conn.execute(sa.text(sql)).scalar_one()))
-
-
 # With --preload this runs in the master, so its pool holds a connection when
 # it forks the workers: they must not use it.
-_logger.info("app imported, database connection %s", connection_id())
+_logger.info("app imported, database connection %s", connection_id(app.store))

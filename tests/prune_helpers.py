@@ -1,9 +1,11 @@
-"""Sessions tables filled with expired and live rows, for the prune tests and benchmark."""
+"""For the prune tests and benchmark: tables of expired and live rows, database connection ids."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+
+import sqlalchemy as sa
 
 from wsgi_dbsession import SessionStore, generate_sid
 from wsgi_dbsession.dialects import to_iso_z
@@ -46,3 +48,18 @@ def live_rows(store: SessionStore) -> dict[str, str]:
     with store.engine.connect() as conn:
         found = conn.execute(table.select().with_only_columns(sid, sess).where(table.c.expired >= utcnow()))
         return {row[0]: row[1] for row in found}
+
+
+_CONNECTION_ID = {
+    "postgresql": "SELECT pg_backend_pid()",
+    "mysql": "SELECT CONNECTION_ID()",
+    "mariadb": "SELECT CONNECTION_ID()",
+}
+
+
+def connection_id(store: SessionStore) -> int | None:
+    """The server's id of the connection ``store``'s pool hands out next (None on SQLite)."""
+    sql = _CONNECTION_ID.get(store.engine.dialect.name)
+    if sql is None:
+        return None
+    return int(store.run(lambda conn: conn.execute(sa.text(sql)).scalar_one()))

@@ -1,0 +1,273 @@
+"""Pruning on every live database: batched deletes, the prune lock, the background job, forks."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+import webtest
+
+from conftest import SECRET, StatementLog
+from tests.apps import session_app
+from tests.prune_helpers import connection_id, live_rows, seed
+from wsgi_dbsession import SessionMiddleware, SessionStore
+from wsgi_dbsession.cleanup import PruneScheduler, open_prune_lock, prune_once
+from wsgi_dbsession.store import SessionStats, utcnow
+
+MakeStore = Callable[..., SessionStore]
+MakeApp = Callable[..., tuple[webtest.TestApp, SessionMiddleware]]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 5.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+    return result
+
+
+def fork() -> int:
+    # Python 3.12 warns when a process with threads forks; these children only
+    # run this test's own code, then os._exit.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return os.fork()
+
+
+def in_child(work: Callable[[], bool]) -> int:
+    """Run ``work`` in a forked child; its exit code: 0 when it returned True."""
+    pid = fork()
+    if pid == 0:
+        code = 2
+        try:
+            code = 0 if work() else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def scheduler_threads() -> int:
+    return sum(thread.name == "APScheduler" and thread.is_alive() for thread in threading.enumerate())
+
+
+@contextlib.contextmanager
+def scheduler(store: SessionStore) -> Iterator[PruneScheduler]:
+    """A scheduler whose job is driven by hand (run_once), released afterwards."""
+    job = PruneScheduler(store, interval=60)
+    try:
+        yield job
+    finally:
+        job.shutdown()
+
+
+# -- the batched delete -------------------------------------------------------
+
+
+def test_prune_deletes_expired_rows_in_batches_each_committed(make_store: MakeStore) -> None:
+    store = make_store()
+    live = seed(store, expired=2500, live=20)
+    log = StatementLog(store.engine)
+    batches = store.prune_batches(batch_size=1000)
+    assert next(batches) == 1000
+    # Another connection already sees the first batch gone: it was committed alone.
+    assert make_store().count(expired=True) == 1500
+    assert list(batches) == [1000, 500]
+    assert len(log) == 3 and all(s.lstrip().upper().startswith("DELETE") for s in log.statements)
+    assert store.stats() == SessionStats(live=20, expired=0)
+    assert live_rows(store) == live
+    assert store.prune() == 0
+
+
+def test_a_row_expiring_at_the_prune_time_is_still_live(make_store: MakeStore) -> None:
+    store = make_store()
+    store.create_table()
+    moment = utcnow().replace(microsecond=0)
+    store.set("edge", {"x": 1}, moment)
+    assert store.prune(moment) == 0
+    assert store.prune(moment + dt.timedelta(seconds=1)) == 1
+
+
+def test_prune_refuses_a_batch_size_below_one(make_store: MakeStore) -> None:
+    store = make_store()
+    with pytest.raises(ValueError, match="at least 1"):
+        store.prune(batch_size=0)
+    with pytest.raises(ValueError, match="at least 1"):
+        PruneScheduler(store, interval=60, batch_size=0)
+    with pytest.raises(ValueError, match="positive"):
+        PruneScheduler(store, interval=0)
+
+
+# -- the prune lock -------------------------------------------------------------
+
+
+def test_one_holder_of_the_prune_lock_at_a_time(make_store: MakeStore, backend: str) -> None:
+    # Two stores, two engines: two database sessions, as two processes would have.
+    first, second = make_store(), make_store()
+    seed(first, expired=5, live=0)
+    mine, theirs = open_prune_lock(first), open_prune_lock(second)
+    assert mine.try_acquire()
+    assert not theirs.try_acquire()
+    assert prune_once(second) is None
+    assert second.count(expired=True) == 5
+    assert open_prune_lock(make_store(table_name=f"{first.table.name}_other")).try_acquire()
+    mine.release()
+    assert prune_once(second) == 5
+    assert theirs.try_acquire()
+    theirs.release()
+    if backend == "sqlite":
+        assert len(list(Path(first.engine.url.database).parent.glob("sessions.sqlite.prune-*.lock"))) == 2
+    assert first.engine.pool.checkedout() == second.engine.pool.checkedout() == 0
+
+
+def _kill(store: SessionStore, victim: int) -> None:
+    sql = "SELECT pg_terminate_backend(:id)" if store.engine.dialect.name == "postgresql" else "KILL :id"
+    store.run(lambda conn: conn.execute(sa.text(sql), {"id": victim}))
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb"])
+def test_when_the_holder_s_connection_dies_another_process_takes_over(
+    make_store: MakeStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    leader_store, follower_store = make_store(), make_store()
+    seed(leader_store, expired=10, live=0)
+    with scheduler(leader_store) as leader, scheduler(follower_store) as follower:
+        assert leader.run_once() == 10
+        assert follower.run_once() is None  # the leader keeps the lock between its runs
+        assert leader._lock.connection is not None
+        _kill(follower_store, connection_id_of(leader._lock.connection))
+        seed(follower_store, expired=5, live=0)
+        assert wait_for(follower.run_once) == 5
+        with caplog.at_level(logging.ERROR, logger="wsgi_dbsession.cleanup"):
+            assert leader.run_once() is None  # its connection is gone: logged, claim dropped
+        assert "failed; retrying at the next interval" in caplog.text
+        assert leader.run_once() is None  # and now the follower holds the lock
+        assert leader_store.engine.pool.checkedout() == 0
+
+
+def connection_id_of(conn: sa.Connection) -> int:
+    sql = "SELECT pg_backend_pid()" if conn.dialect.name == "postgresql" else "SELECT CONNECTION_ID()"
+    return int(conn.execute(sa.text(sql)).scalar_one())
+
+
+def test_a_failing_prune_is_logged_and_retried_at_the_next_run(
+    make_store: MakeStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = make_store(create_table=False)  # its table does not exist yet
+    with scheduler(store) as job:
+        with caplog.at_level(logging.ERROR, logger="wsgi_dbsession.cleanup"):
+            assert job.run_once() is None
+        assert "retrying at the next interval" in caplog.text
+        assert not job._lock.held
+        seed(store, expired=3, live=1)
+        assert job.run_once() == 3
+    assert store.engine.pool.checkedout() == 0
+
+
+# -- the background job ---------------------------------------------------------
+
+
+def test_the_first_request_starts_one_job_that_prunes_until_close(
+    make_app: MakeApp, make_store: MakeStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    app, middleware = make_app(session_app, cleanup_interval=0.2, cleanup_batch_size=7)
+    store, job = middleware.store, middleware.cleanup
+    assert job is not None and not job.started
+    live = seed(store, expired=30, live=3)
+    threads = scheduler_threads()
+    with caplog.at_level(logging.INFO, logger="wsgi_dbsession.cleanup"):
+        for _ in range(5):
+            app.get("/unused")
+        assert scheduler_threads() == threads + 1
+        wait_for(lambda: store.count(expired=True) == 0)
+    assert live_rows(store) == live
+    assert any(record.getMessage().startswith("pruned 30 expired sessions") for record in caplog.records), (
+        caplog.text
+    )
+    middleware.close()
+    wait_for(lambda: scheduler_threads() == threads)
+    assert store.engine.pool.checkedout() == 0
+    other = open_prune_lock(make_store(table_name=store.table.name))
+    assert other.try_acquire()  # close() gave the lock back
+    other.release()
+
+
+def test_the_process_exits_promptly_and_quietly_with_the_job_running(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import logging, time
+        from wsgi_dbsession import SessionMiddleware
+        from tests.prune_helpers import seed
+
+        logging.basicConfig(level=logging.INFO)
+        def app(environ, start_response):
+            start_response("200 OK", [])
+            return [b""]
+        middleware = SessionMiddleware(
+            app, secret={SECRET!r}, url="sqlite:///{tmp_path}/s.sqlite", cleanup_interval=0.1
+        )
+        seed(middleware.store, expired=5, live=0)
+        middleware({{"REQUEST_METHOD": "GET", "PATH_INFO": "/"}}, lambda *a: None)
+        time.sleep(0.5)
+        """
+    )
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - started < 10
+    assert "pruned 5 expired sessions" in done.stderr
+    assert "Traceback" not in done.stderr and "Logging error" not in done.stderr
+
+
+# -- forks ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb"])
+def test_a_forked_child_gets_its_own_connections(make_store: MakeStore) -> None:
+    store = make_store()
+    store.create_table()
+    parent = connection_id(store)
+    read, write = os.pipe()
+
+    def report() -> bool:
+        os.write(write, str(connection_id(store)).encode())
+        return True
+
+    assert in_child(report) == 0
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = int(pipe.read())
+    assert child != parent
+    assert connection_id(store) == parent  # the child left the parent's connection working
+
+
+def test_a_forked_child_neither_holds_nor_frees_its_parent_s_prune_lock(make_store: MakeStore) -> None:
+    store = make_store()
+    seed(store, expired=5, live=0)
+    with scheduler(store) as job:
+        assert job.run_once() == 5  # this process holds the lock now
+        job.ensure_started()
+
+        def child() -> bool:
+            return not job.started and not job._lock.held and job.run_once() is None
+
+        assert in_child(child) == 0
+        assert not open_prune_lock(make_store()).try_acquire()
+        seed(store, expired=4, live=0)
+        assert job.run_once() == 4  # the parent's hold, and its connection, survived the child
