@@ -117,7 +117,9 @@ def test_usage_errors_exit_2(
 def test_stats_prints_one_line_per_count(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = f"sqlite:///{tmp_path / 's.sqlite'}"
     assert main(["create-table", "--url", url]) == 0
-    seed(SessionStore(url=url), expired=1, live=2)
+    store = SessionStore(url=url)
+    seed(store, expired=1, live=2)
+    store.dispose()
     capsys.readouterr()
     assert main(["stats", "--url", url]) == 0
     assert capsys.readouterr().out == "live 2\nexpired 1\n"
