@@ -19,7 +19,6 @@ import re
 import select
 import shutil
 import subprocess
-import tempfile
 import threading
 import time
 import urllib.request
@@ -43,7 +42,6 @@ pytestmark = pytest.mark.slow
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 SERVER_JS = NODE_DIR / "server.js"
-STAMP = NODE_DIR / "node_modules" / ".wsgi-dbsession-installed"
 NODE_START_TIMEOUT = 20  # seconds
 NPM_TIMEOUT = 600  # seconds; building sqlite3 from source takes about a minute on 2 cores
 # Two secrets of the length the middleware requires; express accepts any.
@@ -76,27 +74,36 @@ def _npm_env(node: str) -> dict[str, str]:
     return env
 
 
+def _cache_dir(digest: str) -> Path:
+    """Where node_modules for this digest is built: outside the checkout, so a
+    fresh clone on the same machine reuses it instead of compiling sqlite3 again."""
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "wsgi_dbsession" / f"node-{digest[:16]}"
+
+
 @pytest.fixture(scope="session")
 def node() -> str:
     """The ``node`` executable, with tests/node's packages installed by ``npm ci``.
 
-    The install runs once per change of the lock file or of Node, guarded by
-    a file lock so concurrent test runs do not install over each other.
+    The install runs once per change of the lock file or of Node, in a cache
+    directory that tests/node/node_modules then links to, guarded by a file
+    lock so concurrent test runs do not install over each other.
     """
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
         pytest.fail("the interop tests need Node.js 20+ and npm on PATH")
     digest = _install_digest(node)
-    lock_path = (
-        Path(tempfile.gettempdir())
-        / f"wsgi-dbsession-npm-{hashlib.sha256(bytes(NODE_DIR)).hexdigest()[:12]}.lock"
-    )
-    with open(lock_path, "w") as lock:
+    cache = _cache_dir(digest)
+    cache.mkdir(parents=True, exist_ok=True)
+    stamp = cache / "node_modules" / ".wsgi-dbsession-installed"
+    with open(cache / "install.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (STAMP.is_file() and STAMP.read_text() == digest):
+        if not (stamp.is_file() and stamp.read_text() == digest):
+            for name in ("package.json", "package-lock.json"):
+                shutil.copyfile(NODE_DIR / name, cache / name)
             result = subprocess.run(
                 [npm, "ci", "--no-audit", "--no-fund"],
-                cwd=NODE_DIR,
+                cwd=cache,
                 env=_npm_env(node),
                 capture_output=True,
                 text=True,
@@ -104,8 +111,16 @@ def node() -> str:
                 check=False,
             )
             if result.returncode != 0:
-                pytest.fail(f"npm ci in {NODE_DIR} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-            STAMP.write_text(digest)
+                pytest.fail(
+                    f"npm ci for {NODE_DIR} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+                )
+            stamp.write_text(digest)
+        link = NODE_DIR / "node_modules"
+        if link.is_symlink() or link.is_file():
+            link.unlink()
+        elif link.is_dir():
+            shutil.rmtree(link)  # an install from before the cache existed
+        link.symlink_to(cache / "node_modules", target_is_directory=True)
     return node
 
 
