@@ -33,7 +33,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.engine import Connection
 
 from .dialects import LockStatements, prune_lock
-from .exceptions import ConfigurationError
+from .exceptions import ConfigurationError, StoreUnavailable
 from .store import PRUNE_BATCH_SIZE, SessionStore
 
 if sys.platform != "win32":
@@ -282,10 +282,17 @@ class PruneScheduler:
         try:
             if self._stop.is_set():
                 return None
-            if not self._lock.try_acquire():
-                log.debug("another process prunes %r (pid %d)", self.store.table.fullname, os.getpid())
-                return None
-            return prune_locked(self.store, self._lock, batch_size=self.batch_size, stop=self._stop)
+            held_before = self._lock.held
+            try:
+                return self._prune_if_lock_taken()
+            except StoreUnavailable:
+                if not held_before:
+                    raise
+                # The connection holding the lock since an earlier run died
+                # in between (an idle timeout, a database restart), and the
+                # lock with it: take the lock afresh, once.
+                self._lock.release()
+                return self._prune_if_lock_taken()
         except Exception:
             log.exception(
                 "pruning expired sessions of %r failed; retrying at the next interval",
@@ -295,6 +302,12 @@ class PruneScheduler:
             return None
         finally:
             self._run_lock.release()
+
+    def _prune_if_lock_taken(self) -> int | None:
+        if not self._lock.try_acquire():
+            log.debug("another process prunes %r (pid %d)", self.store.table.fullname, os.getpid())
+            return None
+        return prune_locked(self.store, self._lock, batch_size=self.batch_size, stop=self._stop)
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Stop the job in this process and give the prune lock back.
