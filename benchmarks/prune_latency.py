@@ -116,6 +116,7 @@ def serve(url: str, table: str, workdir: Path) -> tuple[subprocess.Popen[bytes],
         "PRUNE_APP_TABLE": table,
         "PRUNE_APP_INTERVAL": "0",
         "PRUNE_APP_LOG": str(workdir / "app.log"),
+        "PRUNE_APP_SECRET": SECRET,
     }
     command = [sys.executable, "-m", "gunicorn", "--workers", "2", "--bind", f"127.0.0.1:{port}"]
     server = subprocess.Popen(

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,6 +104,7 @@ def _serve(backend: str, preload: bool, url: str, table: str, workdir: Path, run
         "PRUNE_APP_TABLE": table,
         "PRUNE_APP_LOG": str(log_path),
         "PRUNE_APP_INTERVAL": str(INTERVAL),
+        "PRUNE_APP_SECRET": SECRET,
     }
     command = [
         sys.executable, "-m", "gunicorn", "--workers", str(WORKERS), "--worker-class", "sync",
@@ -116,6 +117,9 @@ def _serve(backend: str, preload: bool, url: str, table: str, workdir: Path, run
     )
     try:
         port = _wait_for_port(server, server_log)
+        # Traffic starts once every worker has the app (without --preload each imports it itself).
+        ready = 1 if preload else WORKERS
+        _wait_for(lambda: log_path.exists() and log_path.read_text().count("app imported") == ready, server)
         started = time.monotonic()
         clients = [
             threading.Thread(target=_drive, args=(port, run, run.live_before, started + TRAFFIC))
@@ -136,16 +140,22 @@ def _serve(backend: str, preload: bool, url: str, table: str, workdir: Path, run
         run.log.append((float(match["time"]), int(match["pid"]), match["message"]))
 
 
-def _wait_for_port(server: subprocess.Popen[bytes], server_log: Path) -> int:
+def _wait_for(condition: Callable[[], Any], server: subprocess.Popen[bytes]) -> Any:
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"gunicorn exited: {server_log.read_text()}")
-        text = server_log.read_text() if server_log.exists() else ""
-        if text.count("Booting worker") >= WORKERS and (found := re.search(r"Listening at: \S+:(\d+)", text)):
-            return int(found[1])
+    while not (result := condition()):
+        assert server.poll() is None, "gunicorn exited"
+        assert time.monotonic() < deadline, "gunicorn did not start in 60 s"
         time.sleep(0.1)
-    raise AssertionError("gunicorn did not start in 60 s")
+    return result
+
+
+def _wait_for_port(server: subprocess.Popen[bytes], server_log: Path) -> int:
+    def port() -> int | None:
+        text = server_log.read_text() if server_log.exists() else ""
+        found = re.search(r"Listening at: \S+:(\d+)", text)
+        return int(found[1]) if found else None
+
+    return int(_wait_for(port, server))
 
 
 def _case(backend: str, preload: bool, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:

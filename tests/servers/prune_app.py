@@ -1,6 +1,7 @@
 """The app gunicorn serves for tests/test_gunicorn_prune.py and benchmarks/prune_latency.py.
 
 ``PRUNE_APP_URL`` and ``PRUNE_APP_TABLE`` name the sessions table,
+``PRUNE_APP_SECRET`` is the cookie secret,
 ``PRUNE_APP_INTERVAL`` is the ``cleanup_interval`` in seconds (0: no job), and every
 process appends its log lines to the file ``PRUNE_APP_LOG``.
 
@@ -17,7 +18,6 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from conftest import SECRET
 from tests.prune_helpers import connection_id
 from wsgi_dbsession import SessionMiddleware
 
@@ -46,7 +46,7 @@ def _app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
 
 app = SessionMiddleware(
     _app,
-    secret=SECRET,
+    secret=os.environ["PRUNE_APP_SECRET"],
     url=os.environ["PRUNE_APP_URL"],
     table_name=os.environ["PRUNE_APP_TABLE"],
     cleanup_interval=float(os.environ["PRUNE_APP_INTERVAL"]),
