@@ -203,6 +203,31 @@ def test_a_failing_prune_is_logged_and_retried_at_the_next_run(
     assert store.engine.pool.checkedout() == 0
 
 
+def test_a_second_run_in_the_same_process_while_one_is_running_does_nothing(make_store: MakeStore) -> None:
+    store = make_store()
+    seed(store, expired=30, live=0)
+    job = PruneScheduler(store, interval=60, batch_size=10)
+    deleting, go_on = threading.Event(), threading.Event()
+
+    def hold_first_delete(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith("DELETE") and not deleting.is_set():
+            deleting.set()
+            go_on.wait(10)
+
+    sa.event.listen(store.engine, "before_cursor_execute", hold_first_delete)
+    results: list[int | None] = []
+    running = threading.Thread(target=lambda: results.append(job.run_once()))
+    try:
+        running.start()
+        assert deleting.wait(10)
+        assert job.run_once() is None
+    finally:
+        go_on.set()
+        running.join()
+        job.shutdown()
+    assert results == [30]
+
+
 # -- the background job ---------------------------------------------------------
 
 
