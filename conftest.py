@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -43,6 +44,18 @@ def backend_url(backend: str, tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def unique_table_name(prefix: str = "sessions") -> str:
     return f"{prefix}_{secrets.token_hex(5)}"
+
+
+def stop_process(process: subprocess.Popen[Any], timeout: float = 10) -> None:
+    """Terminate a server the test started; kill it if it does not exit in ``timeout`` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
 
 
 def drop_table(engine: sa.Engine, table: sa.Table) -> None:

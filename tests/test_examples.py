@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from conftest import LIVE_URLS, SECRET, drop_table, unique_table_name
+from conftest import LIVE_URLS, SECRET, drop_table, stop_process, unique_table_name
 from wsgi_dbsession import SessionStore
 
 pytestmark = pytest.mark.slow
@@ -74,14 +74,8 @@ def serving(args: list[str], ready: str, cwd: Path, **env: str) -> Iterator[str]
         yield match.group(1).rstrip("/")
     finally:
         proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        reader.join(timeout=5)
-        assert proc.stdout is not None
-        proc.stdout.close()
+        reader.join(timeout=15)  # the reader ends when the process closes its output
+        stop_process(proc, timeout=15)
 
 
 class Browser:

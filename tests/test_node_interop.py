@@ -31,7 +31,7 @@ from wsgiref.simple_server import make_server
 import pytest
 import sqlalchemy as sa
 
-from conftest import backend_url, drop_table, unique_table_name
+from conftest import backend_url, drop_table, stop_process, unique_table_name
 from tests.apps import session_app
 from tests.test_http_server import QuietHandler
 from wsgi_dbsession import SessionMiddleware, SessionStore, sign, unsign
@@ -254,14 +254,7 @@ class Interop:
             server.shutdown()
             server.server_close()
         for process in self.processes:
-            process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            if process.stdout is not None:
-                process.stdout.close()
+            stop_process(process, timeout=5)
         for middleware in self.middlewares:
             middleware.close()
         if sa.inspect(self.store.engine).has_table(self.table_name):
