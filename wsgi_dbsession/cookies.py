@@ -10,17 +10,19 @@ express-session with the same secret reads the same cookie.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import hmac
 import re
 import secrets as _secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import quote, unquote
 
 from webob.cookies import make_cookie
 
+from .dialects import to_iso_z
 from .exceptions import ConfigurationError
 
 SameSite = Literal["lax", "strict", "none"]
@@ -142,6 +144,31 @@ class SessionCookie:
         """A ``Set-Cookie`` header that removes the session cookie from the browser."""
         return self._header(None, 0, secure)
 
+    def express_json(
+        self, *, max_age: int | None, expires: dt.datetime, secure: bool, extra: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """express-session's ``cookie`` object, as it stores it beside the session data.
+
+        Field order and formats are express-session's: ``originalMaxAge`` in
+        milliseconds, ``expires`` as ``Date.toISOString()`` (both null for a
+        browser-session cookie), optional fields only when set. ``extra`` are
+        fields express-session wrote that this package keeps as they were.
+        """
+        json: dict[str, Any] = {
+            "originalMaxAge": None if max_age is None else max_age * 1000,
+            **extra,  # where express-session puts partitioned and priority
+            "expires": None if max_age is None else to_iso_z(expires),
+        }
+        if secure:
+            json["secure"] = True
+        json["httpOnly"] = self.httponly
+        if self.domain is not None:
+            json["domain"] = self.domain
+        json["path"] = self.path
+        if self.samesite is not None:
+            json["sameSite"] = self.samesite
+        return json
+
     def _header(self, value: str | None, max_age: int | None, secure: bool) -> tuple[str, str]:
         cookie = make_cookie(
             self.name,
@@ -154,6 +181,32 @@ class SessionCookie:
             samesite=self.samesite,
         )
         return ("Set-Cookie", cookie)
+
+
+# The cookie-object fields written from this package's settings; any other
+# (express-session's ``priority``, ``partitioned``) is kept as stored,
+# because express-session builds its Set-Cookie from the stored object.
+OWN_COOKIE_FIELDS = frozenset(
+    ("originalMaxAge", "expires", "secure", "httpOnly", "domain", "path", "sameSite")
+)
+
+
+def foreign_cookie_fields(cookie_json: Any) -> dict[str, Any]:
+    """The fields of a stored cookie object that this package does not write itself."""
+    if not isinstance(cookie_json, dict):
+        return {}
+    return {key: value for key, value in cookie_json.items() if key not in OWN_COOKIE_FIELDS}
+
+
+def stored_max_age(cookie_json: Any, default: int | None) -> int | None:
+    """The lifetime (seconds) recorded in express-session's cookie object, else ``default``."""
+    if isinstance(cookie_json, dict) and "originalMaxAge" in cookie_json:
+        original = cookie_json["originalMaxAge"]
+        if original is None:
+            return None
+        if isinstance(original, (int, float)) and original > 0:
+            return max(1, int(original) // 1000)
+    return default
 
 
 def _decode_uri_component(value: str) -> str | None:

@@ -19,8 +19,7 @@ from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cookies import SessionCookie, generate_sid
-from .dialects import to_iso_z
+from .cookies import SessionCookie, foreign_cookie_fields, generate_sid, stored_max_age
 from .exceptions import (
     ConcurrentUpdateError,
     ConfigurationError,
@@ -40,12 +39,6 @@ BROWSER_SESSION_ROW_LIFETIME = 86400  # seconds
 COOKIE_KEY = "cookie"
 CREATED_KEY = "_created"
 RESERVED_KEYS = frozenset((COOKIE_KEY, CREATED_KEY))
-# The cookie-object fields this package writes from its own settings; any
-# other (express-session's ``priority``, ``partitioned``) is kept as stored,
-# because express-session builds its Set-Cookie from the stored object.
-OWN_COOKIE_FIELDS = frozenset(
-    ("originalMaxAge", "expires", "secure", "httpOnly", "domain", "path", "sameSite")
-)
 # Pyramid's storage keys, so a Pyramid app's sessions look the same here.
 FLASH_PREFIX = "_f_"
 CSRF_KEY = "_csrft_"
@@ -165,8 +158,8 @@ class Session(MutableMapping[str, Any]):
         self._baseline: str | None = self._dumps(payload)
         self._created = float(created) if isinstance(created, (int, float)) else time.time()
         self._expires = stored.expires
-        self._max_age = _stored_max_age(cookie, self._factory.max_age)
-        self._cookie_extra: dict[str, Any] = _foreign_cookie_fields(cookie)
+        self._max_age = stored_max_age(cookie, self._factory.max_age)
+        self._cookie_extra: dict[str, Any] = foreign_cookie_fields(cookie)
         self._changed = False
         return True
 
@@ -392,6 +385,7 @@ class Session(MutableMapping[str, Any]):
         if self._factory.store.replace(self._sid, text, expires, expected=self._text):
             self._mark_saved(text, expires)
         elif not self._merge(now, secure, expires):
+            self._start_fresh(now)  # ended by another request (logout wins): nothing left to save
             return None
         return CookieUpdate(self._sid, self._max_age) if self._max_age is not None else None
 
@@ -451,20 +445,9 @@ class Session(MutableMapping[str, Any]):
     def _serialize(self, data: dict[str, Any], now: dt.datetime, secure: bool) -> tuple[str, dt.datetime]:
         """The stored text (express's cookie object first) and the new expiry."""
         expires = now + dt.timedelta(seconds=self._lifetime())
-        cookie = self._factory.cookie
-        meta: dict[str, Any] = {
-            "originalMaxAge": None if self._max_age is None else self._max_age * 1000,
-            **self._cookie_extra,  # where express-session puts partitioned and priority
-            "expires": None if self._max_age is None else to_iso_z(expires),
-        }
-        if secure:
-            meta["secure"] = True
-        meta["httpOnly"] = cookie.httponly
-        if cookie.domain is not None:
-            meta["domain"] = cookie.domain
-        meta["path"] = cookie.path
-        if cookie.samesite is not None:
-            meta["sameSite"] = cookie.samesite
+        meta = self._factory.cookie.express_json(
+            max_age=self._max_age, expires=expires, secure=secure, extra=self._cookie_extra
+        )
         text = self._dumps({COOKIE_KEY: meta, CREATED_KEY: self._created, **data})
         try:
             size = len(text.encode("utf-8"))
@@ -474,24 +457,6 @@ class Session(MutableMapping[str, Any]):
         if limit is not None and size > limit:
             raise SessionTooLarge(size, limit)
         return text, expires
-
-
-def _foreign_cookie_fields(cookie: Any) -> dict[str, Any]:
-    """The fields of a stored cookie object that this package does not write itself."""
-    if not isinstance(cookie, dict):
-        return {}
-    return {key: value for key, value in cookie.items() if key not in OWN_COOKIE_FIELDS}
-
-
-def _stored_max_age(cookie: Any, default: int | None) -> int | None:
-    """The lifetime recorded in express-session's cookie object, if any."""
-    if isinstance(cookie, dict) and "originalMaxAge" in cookie:
-        original = cookie["originalMaxAge"]
-        if original is None:
-            return None
-        if isinstance(original, (int, float)) and original > 0:
-            return max(1, int(original) // 1000)
-    return default
 
 
 def _explain(serializer: Any, data: dict[str, Any], exc: Exception) -> SerializationError:
