@@ -23,7 +23,7 @@ import pytest
 import sqlalchemy as sa
 import webtest
 
-from conftest import LIVE_URLS, StatementLog
+from conftest import LIVE_URLS
 from tests.apps import session_app
 from tests.db_workers import server_connection_id
 from wsgi_dbsession import SessionMiddleware, create_engine
@@ -164,12 +164,21 @@ def server(backend: str) -> Iterator[tuple[str, ServerLog, sa.Engine]]:
 class Probe:
     """One app on the server's engine; counts what each request cost at the server."""
 
-    def __init__(self, make_app: MakeApp, server: tuple[str, ServerLog, sa.Engine], **options: Any) -> None:
+    def __init__(
+        self,
+        make_app: MakeApp,
+        server: tuple[str, ServerLog, sa.Engine],
+        *,
+        observe: bool = True,
+        **options: Any,
+    ) -> None:
         self.backend, self.log, engine = server
         self.app, self.middleware = make_app(session_app, engine=engine, **options)
         self.ids: list[int] = []
         sa.event.listen(engine, "checkout", self._checked_out)
-        self.sent = StatementLog(engine)
+        # Observed, statements go through SQLAlchemy's execution path and its
+        # cursor events; unobserved, the store runs them on the driver's cursor.
+        self.observe = observe
         self.engine = engine
 
     def _checked_out(self, dbapi_connection: Any, *_args: Any) -> None:
@@ -182,7 +191,8 @@ class Probe:
         def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_args: Any) -> None:
             sent.append((statement, parameters))
 
-        sa.event.listen(self.engine, "before_cursor_execute", record)
+        if self.observe:
+            sa.event.listen(self.engine, "before_cursor_execute", record)
         self.ids.clear()
         self.log.mark()
         if isinstance(self.log, MariaDBLog):
@@ -191,7 +201,8 @@ class Probe:
         try:
             self.app.get(path)
         finally:
-            sa.event.remove(self.engine, "before_cursor_execute", record)
+            if self.observe:
+                sa.event.remove(self.engine, "before_cursor_execute", record)
         assert len(set(self.ids)) <= 1, "one request, one connection"
         logged = [
             statement for connection_id in set(self.ids) for statement in self.log.since_mark(connection_id)
@@ -205,7 +216,6 @@ class Probe:
 
     def close(self) -> None:
         sa.event.remove(self.engine, "checkout", self._checked_out)
-        self.sent.remove()
 
 
 def replay_through_the_driver(log: ServerLog, sent: list[tuple[str, Any]]) -> list[str]:
@@ -266,6 +276,32 @@ def test_a_request_costs_its_statements_and_nothing_else_at_the_server(
     assert [one_line(statement) for statement in logged] == [
         one_line(statement) for statement in replay_through_the_driver(measured.log, sent)
     ]
+
+
+@pytest.mark.parametrize(
+    ("steps", "kinds"),
+    [
+        (["/unused"], []),
+        (["/incr"], ["INSERT"]),
+        (["/incr", "/read"], ["SELECT"]),
+        (["/incr", "/incr"], ["SELECT", "UPDATE"]),
+        (["/incr", "/login"], ["SELECT", "UPDATE"]),
+        (["/incr", "/logout"], ["SELECT", "DELETE"]),
+    ],
+    ids=["unused", "new-session", "read", "read-and-write", "regenerate", "invalidate"],
+)
+def test_the_driver_cursor_path_costs_the_same_round_trips(
+    probe: Callable[..., Probe], steps: list[str], kinds: list[str]
+) -> None:
+    measured = probe(observe=False)
+    assert not measured.engine.dispatch.before_cursor_execute, "nothing may observe the engine here"
+    measured.app.get("/unused")
+    measured.request("/read")
+    for path in steps[:-1]:
+        measured.request(path)
+    logged, _ = measured.request(steps[-1])
+    assert [statement.split()[0].upper() for statement in logged] == kinds, logged
+    assert not [statement for statement in logged if OVERHEAD.match(statement)]
 
 
 def test_a_throttled_touch_is_one_update_at_the_server(probe: Callable[..., Probe]) -> None:

@@ -133,6 +133,8 @@ class DialectStrategy:
     sess_text: Callable[[sa.ColumnElement[Any]], sa.ColumnElement[Any]]
     # ``sess`` equals the text read earlier: the compare in compare-and-set.
     sess_equals: Callable[[sa.ColumnElement[Any], sa.BindParameter[Any]], sa.ColumnElement[bool]]
+    # Where the upsert is a single statement: builds it for a table (else None).
+    upsert_statement: Callable[[sa.Table], Any] | None = None
 
 
 def _as_text(column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
@@ -186,7 +188,7 @@ def _built_once(table: sa.Table, build: Callable[[sa.Table], Any]) -> Any:
     return statement
 
 
-def _on_conflict_upsert(insert: Any) -> Upsert:
+def _on_conflict(insert: Any) -> Callable[[sa.Table], Any]:
     def build(table: sa.Table) -> Any:
         sid, sess, expired = _set_columns(table)
         stmt = insert(table)
@@ -195,20 +197,29 @@ def _on_conflict_upsert(insert: Any) -> Upsert:
             set_={sess: stmt.excluded[sess], expired: stmt.excluded[expired]},
         )
 
+    return build
+
+
+def _on_duplicate_key(table: sa.Table) -> Any:
+    _, sess, expired = _set_columns(table)
+    stmt = mysql.insert(table)
+    return stmt.on_duplicate_key_update({sess: stmt.inserted[sess], expired: stmt.inserted[expired]})
+
+
+def _single_statement(build: Callable[[sa.Table], Any]) -> Upsert:
     def upsert(conn: Connection, table: sa.Table, params: Params) -> None:
         conn.execute(_built_once(table, build), params)
 
     return upsert
 
 
-def _build_mysql_upsert(table: sa.Table) -> Any:
-    _, sess, expired = _set_columns(table)
-    stmt = mysql.insert(table)
-    return stmt.on_duplicate_key_update({sess: stmt.inserted[sess], expired: stmt.inserted[expired]})
-
-
-def _mysql_upsert(conn: Connection, table: sa.Table, params: Params) -> None:
-    conn.execute(_built_once(table, _build_mysql_upsert), params)
+def _strategy(
+    name: str,
+    build: Callable[[sa.Table], Any],
+    sess_text: Callable[[sa.ColumnElement[Any]], sa.ColumnElement[Any]],
+    sess_equals: Callable[[sa.ColumnElement[Any], sa.BindParameter[Any]], sa.ColumnElement[bool]],
+) -> DialectStrategy:
+    return DialectStrategy(name, _single_statement(build), sess_text, sess_equals, build)
 
 
 def mssql_merge(table: sa.Table, dialect: Dialect) -> sa.TextClause:
@@ -260,11 +271,11 @@ def strategy_for(dialect: Dialect) -> DialectStrategy:
     """The strategy for a dialect; unknown dialects get the portable fallback."""
     name = dialect.name
     if name == "postgresql":
-        return DialectStrategy(name, _on_conflict_upsert(postgresql.insert), _as_text, _pg_text_equals)
+        return _strategy(name, _on_conflict(postgresql.insert), _as_text, _pg_text_equals)
     if name == "sqlite":
-        return DialectStrategy(name, _on_conflict_upsert(sqlite.insert), _same_column, _text_equals)
+        return _strategy(name, _on_conflict(sqlite.insert), _same_column, _text_equals)
     if name in ("mysql", "mariadb"):
-        return DialectStrategy(name, _mysql_upsert, _same_column, _mysql_json_equals)
+        return _strategy(name, _on_duplicate_key, _same_column, _mysql_json_equals)
     if name == "mssql":
         return DialectStrategy(name, _mssql_upsert, _same_column, _text_equals)
     return DialectStrategy(name, _update_then_insert, _same_column, _text_equals)

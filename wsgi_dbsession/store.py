@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Dialect, Engine, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from .dialects import UTC, ExpiryTimestamp, SessionJSON, batch_delete, create_missing_table, strategy_for
@@ -204,6 +204,17 @@ class SessionStore:
             sa.update(table).where(sid == sa.bindparam("b_sid")).values(expired=sa.bindparam("expired"))
         )
         self._delete = sa.delete(table).where(sid == sa.bindparam("b_sid"))
+        self._driver_cursor = self.engine.dialect.name in _DRIVER_CURSOR_DIALECTS
+        hot = {
+            "select": self._select,
+            "replace": self._replace,
+            "rename": self._rename,
+            "touch": self._touch,
+            "delete": self._delete,
+        }
+        if self.dialect.upsert_statement is not None:
+            hot["upsert"] = self.dialect.upsert_statement(table)
+        self._hot = {name: _DriverStatement(stmt) for name, stmt in hot.items()}
 
     def __repr__(self) -> str:
         url = self.engine.url.render_as_string(hide_password=True)
@@ -218,16 +229,34 @@ class SessionStore:
         by the statement that uses it; that statement runs again on a fresh
         connection instead of paying a pre-ping on every checkout.
         """
+
+        def attempt() -> T:
+            with self.engine.connect() as conn:
+                result = work(conn)
+                if _needs_commit(conn.dialect, conn.connection.dbapi_connection):
+                    conn.commit()
+                return result
+
+        return self._retrying(attempt)
+
+    def _run_hot(self, statement: _DriverStatement, params: dict[str, Any], *, fetch: bool = False) -> Any:
+        """A hot statement: on the driver's cursor while nothing observes the engine, else through Core.
+
+        Returns the first row (``fetch``) or the row count.
+        """
+        if self._driver_cursor and not _observed(self.engine):
+            return self._retrying(lambda: statement.execute(self.engine, params, fetch=fetch))
+        if fetch:
+            return self.run(lambda conn: conn.execute(statement.statement, params).first())
+        return self.run(lambda conn: conn.execute(statement.statement, params).rowcount)
+
+    def _retrying(self, attempt: Callable[[], T]) -> T:
         self._ensure_table()
-        for attempt in (1, 2):
+        for number in (1, 2):
             try:
-                with self.engine.connect() as conn:
-                    result = work(conn)
-                    if _needs_commit(conn):
-                        conn.commit()
-                    return result
+                return attempt()
             except DBAPIError as exc:
-                if exc.connection_invalidated and attempt == 1:
+                if exc.connection_invalidated and number == 1:
                     log.info("session store connection was lost; retrying on a fresh one")
                     continue
                 raise _store_error(exc) from exc
@@ -267,24 +296,26 @@ class SessionStore:
 
     def load(self, sid: str, now: dt.datetime | None = None) -> StoredSession | None:
         """The live row for ``sid``; an expired row is never returned."""
-        params = {"sid": sid, "now": now or utcnow()}
-        row = self.run(lambda conn: conn.execute(self._select, params).first())
-        return None if row is None else StoredSession(row.sess, row.expired)
+        row = self._run_hot(self._hot["select"], {"sid": sid, "now": now or utcnow()}, fetch=True)
+        return None if row is None else StoredSession(row[0], row[1])
 
     def write(self, sid: str, text: str, expires: dt.datetime) -> None:
         """Insert or overwrite the row, in one statement (the dialect's upsert)."""
         params = {self._sid.name: sid, "sess": text, "expired": expires}
-        self.run(lambda conn: self.dialect.upsert(conn, self.table, params))
+        if "upsert" in self._hot:
+            self._run_hot(self._hot["upsert"], params)
+        else:
+            self.run(lambda conn: self.dialect.upsert(conn, self.table, params))
 
     def replace(self, sid: str, text: str, expires: dt.datetime, *, expected: str) -> bool:
         """Compare-and-set: overwrite only while ``sess`` is still ``expected``."""
         params = {"b_sid": sid, "sess": text, "expired": expires, "expected": expected}
-        return self.run(lambda conn: conn.execute(self._replace, params).rowcount) == 1
+        return bool(self._run_hot(self._hot["replace"], params) == 1)
 
     def rename(self, old_sid: str, new_sid: str, text: str, expires: dt.datetime) -> bool:
         """Move a row to a new id with new contents, atomically (session regeneration)."""
         params = {"old_sid": old_sid, "new_sid": new_sid, "sess": text, "expired": expires}
-        return self.run(lambda conn: conn.execute(self._rename, params).rowcount) == 1
+        return bool(self._run_hot(self._hot["rename"], params) == 1)
 
     # -- the public store API ------------------------------------------------
 
@@ -299,12 +330,11 @@ class SessionStore:
 
     def touch(self, sid: str, expires: dt.datetime) -> bool:
         """Move the expiry of an existing row; False when there is no such row."""
-        params = {"b_sid": sid, "expired": expires}
-        return self.run(lambda conn: conn.execute(self._touch, params).rowcount) == 1
+        return bool(self._run_hot(self._hot["touch"], {"b_sid": sid, "expired": expires}) == 1)
 
     def destroy(self, sid: str) -> None:
         """Delete the row for ``sid`` (nothing happens when there is none)."""
-        self.run(lambda conn: conn.execute(self._delete, {"b_sid": sid}))
+        self._run_hot(self._hot["delete"], {"b_sid": sid})
 
     def prune(
         self,
@@ -350,7 +380,7 @@ class SessionStore:
                 self._ensure_table()
                 try:
                     deleted = delete(connection)
-                    if _needs_commit(connection):
+                    if _needs_commit(connection.dialect, connection.connection.dbapi_connection):
                         connection.commit()
                 except DBAPIError as exc:
                     raise _store_error(exc) from exc
@@ -391,18 +421,124 @@ if sys.platform != "win32":
     os.register_at_fork(after_in_child=_forget_inherited_pools)
 
 
-def _needs_commit(conn: Connection) -> bool:
+def _needs_commit(dialect: Dialect, dbapi_connection: Any) -> bool:
     """Whether the statement's transaction must be committed.
 
     Not on an autocommit connection, where PyMySQL's ``commit()`` would still
     send a COMMIT: a hidden round trip per statement. A dialect that cannot
     tell (pymssql) gets its commit.
     """
-    dbapi_connection = conn.connection.dbapi_connection
     try:
-        return dbapi_connection is None or not conn.dialect.detect_autocommit_setting(dbapi_connection)
+        return dbapi_connection is None or not dialect.detect_autocommit_setting(dbapi_connection)
     except NotImplementedError:
         return True
+
+
+# Dialects whose hot statements may run on the driver's own cursor: the ones
+# whose drivers (sqlite3, psycopg, PyMySQL) are tested live here.
+_DRIVER_CURSOR_DIALECTS = frozenset(("sqlite", "postgresql", "mysql", "mariadb"))
+
+
+def _observed(engine: Engine) -> bool:
+    """Whether something watches the engine's statements (instrumentation, tests, echo)."""
+    dispatch = engine.dispatch
+    return bool(dispatch.before_cursor_execute or dispatch.after_cursor_execute or engine.echo)
+
+
+class _DriverStatement:
+    """A hot statement compiled once for an engine and run on a pooled connection's DBAPI cursor.
+
+    A primary-key lookup on a nearby database takes less time than
+    SQLAlchemy's per-execution bookkeeping (execution context, result
+    object). This keeps the Core statement, the dialect's SQL and the
+    types' bind and result processing, and skips only that bookkeeping.
+    The store uses it only while nothing listens to the engine's cursor
+    events or echoes its SQL, so instrumentation sees every statement.
+    """
+
+    def __init__(self, statement: Any) -> None:
+        self.statement = statement
+        self._compiled: _CompiledStatement | None = None
+
+    def execute(self, engine: Engine, params: dict[str, Any], *, fetch: bool) -> Any:
+        """The first row (``fetch``) or the row count; driver errors come out as SQLAlchemy's."""
+        dialect = engine.dialect
+        dbapi_error = dialect.loaded_dbapi.Error
+        pooled = None
+        cursor = None
+        sql = None
+        try:
+            pooled = engine.raw_connection()
+            # Compiled once connected: MySQL's SQL differs for MariaDB, known only then.
+            compiled = self._compiled or self._compile(dialect)
+            sql = compiled.sql
+            parameters = compiled.parameters(params)
+            cursor = pooled.cursor()
+            cursor.execute(sql, parameters)
+            result = compiled.row(cursor.fetchone()) if fetch else cursor.rowcount
+            cursor.close()
+            if _needs_commit(dialect, pooled.dbapi_connection):
+                pooled.commit()
+            return result
+        except dbapi_error as exc:
+            invalidated = pooled is not None and dialect.is_disconnect(exc, pooled.dbapi_connection, cursor)
+            if invalidated:
+                # As Core does: the server restarted or dropped us, so every
+                # connection pooled before now is recycled, not just this one.
+                engine.pool._invalidate(pooled, exc)  # type: ignore[arg-type]
+            raise DBAPIError.instance(
+                sql,
+                None,
+                exc,
+                dbapi_error,
+                hide_parameters=True,
+                dialect=dialect,
+                connection_invalidated=invalidated,
+            ) from exc
+        finally:
+            if pooled is not None:
+                pooled.close()
+
+    def _compile(self, dialect: Dialect) -> _CompiledStatement:
+        self._compiled = _CompiledStatement(self.statement, dialect)
+        return self._compiled
+
+
+class _CompiledStatement:
+    """A statement's SQL for one dialect, with the processing of its parameters and row."""
+
+    def __init__(self, statement: Any, dialect: Dialect) -> None:
+        self.compiled = compiled = statement.compile(dialect=dialect)
+        self.sql = compiled.string
+        escaped = compiled.escaped_bind_names
+        self.bind_processors = {
+            escaped.get(key, key): processor
+            for key, bind in compiled.binds.items()
+            if (processor := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
+        }
+        columns = getattr(statement, "selected_columns", ())
+        self.result_processors = [
+            column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns
+        ]
+
+    def parameters(self, params: dict[str, Any]) -> Any:
+        values = self.compiled.construct_params(params)
+        try:
+            for name, process in self.bind_processors.items():
+                values[name] = process(values[name])
+        except Exception as exc:  # as Core reports a value its type refuses
+            raise sa.exc.StatementError(str(exc), self.sql, None, exc) from exc
+        if self.compiled.positiontup is not None:
+            return tuple(values[name] for name in self.compiled.positiontup)
+        return values
+
+    def row(self, row: Any) -> tuple[Any, ...] | None:
+        if row is None:
+            return None
+        return tuple(
+            value if process is None else process(value)
+            for value, process in zip(row, self.result_processors, strict=True)
+        )
 
 
 def _store_error(exc: DBAPIError) -> StoreError:
