@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import psycopg
-import pymysql
 import pytest
 import sqlalchemy as sa
 import webtest
 
+from benchmarks.systems import connect
 from conftest import LIVE_URLS
 from tests.apps import session_app
 from tests.db_workers import server_connection_id
@@ -111,15 +111,7 @@ class MariaDBLog:
         self.seen[connection_id] = len(self._rows(connection_id))
 
     def raw_connection(self) -> tuple[Any, int]:
-        url = sa.make_url(LIVE_URLS["mariadb"])
-        conn = pymysql.connect(
-            host=url.host,
-            port=url.port or 3306,
-            user=url.username,
-            password=url.password or "",
-            database=url.database,
-            autocommit=True,
-        )
+        conn = connect("mariadb", sa.make_url(LIVE_URLS["mariadb"]))
         return conn, conn.thread_id()
 
 
