@@ -120,6 +120,9 @@ def mariadb_general_log() -> Iterator[MariaDBLog]:
     """Turn the general log on (to a table as well) and put both settings back afterwards."""
     admin_engine = sa.create_engine(create_engine(LIVE_URLS["mariadb"]).url, isolation_level="AUTOCOMMIT")
     with admin_engine.connect() as admin:
+        # The settings are global: two suites running at once must not turn
+        # the log off under each other, so each holds a named lock meanwhile.
+        assert admin.execute(sa.text("SELECT GET_LOCK('wsgi_dbsession general log', 120)")).scalar() == 1
         general_log, log_output = admin.execute(
             sa.text("SELECT @@global.general_log, @@global.log_output")
         ).one()
@@ -131,6 +134,7 @@ def mariadb_general_log() -> Iterator[MariaDBLog]:
         finally:
             admin.execute(sa.text("SET GLOBAL general_log = :value"), {"value": general_log})
             admin.execute(sa.text("SET GLOBAL log_output = :value"), {"value": log_output})
+            admin.execute(sa.text("SELECT RELEASE_LOCK('wsgi_dbsession general log')"))
     admin_engine.dispose()
 
 
