@@ -128,13 +128,14 @@ class DialectStrategy:
     """The statements that differ per database, chosen once from ``dialect.name``."""
 
     name: str
-    upsert: Upsert
     # The ``sess`` column as exact text (PostgreSQL's driver would parse json).
     sess_text: Callable[[sa.ColumnElement[Any]], sa.ColumnElement[Any]]
     # ``sess`` equals the text read earlier: the compare in compare-and-set.
     sess_equals: Callable[[sa.ColumnElement[Any], sa.BindParameter[Any]], sa.ColumnElement[bool]]
-    # Where the upsert is a single statement: builds it for a table (else None).
+    # The upsert, one of the two: a statement built once per table (its
+    # values are execute() parameters), or steps run on a connection.
     upsert_statement: Callable[[sa.Table], Any] | None = None
+    upsert_steps: Upsert | None = None
 
 
 def _as_text(column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
@@ -177,17 +178,6 @@ def _set_columns(table: sa.Table) -> tuple[str, str, str]:
     return sid, sess, expired
 
 
-def _built_once(table: sa.Table, build: Callable[[sa.Table], Any]) -> Any:
-    # Building an INSERT … ON CONFLICT and computing its cache key cost more
-    # than the SQLite statement itself; the statement takes its values as
-    # execute() parameters, so one per table serves every request.
-    key = ("wsgi_dbsession upsert", build)
-    statement = table.info.get(key)
-    if statement is None:
-        statement = table.info[key] = build(table)
-    return statement
-
-
 def _on_conflict(insert: Any) -> Callable[[sa.Table], Any]:
     def build(table: sa.Table) -> Any:
         sid, sess, expired = _set_columns(table)
@@ -204,22 +194,6 @@ def _on_duplicate_key(table: sa.Table) -> Any:
     _, sess, expired = _set_columns(table)
     stmt = mysql.insert(table)
     return stmt.on_duplicate_key_update({sess: stmt.inserted[sess], expired: stmt.inserted[expired]})
-
-
-def _single_statement(build: Callable[[sa.Table], Any]) -> Upsert:
-    def upsert(conn: Connection, table: sa.Table, params: Params) -> None:
-        conn.execute(_built_once(table, build), params)
-
-    return upsert
-
-
-def _strategy(
-    name: str,
-    build: Callable[[sa.Table], Any],
-    sess_text: Callable[[sa.ColumnElement[Any]], sa.ColumnElement[Any]],
-    sess_equals: Callable[[sa.ColumnElement[Any], sa.BindParameter[Any]], sa.ColumnElement[bool]],
-) -> DialectStrategy:
-    return DialectStrategy(name, _single_statement(build), sess_text, sess_equals, build)
 
 
 def mssql_merge(table: sa.Table, dialect: Dialect) -> sa.TextClause:
@@ -271,14 +245,16 @@ def strategy_for(dialect: Dialect) -> DialectStrategy:
     """The strategy for a dialect; unknown dialects get the portable fallback."""
     name = dialect.name
     if name == "postgresql":
-        return _strategy(name, _on_conflict(postgresql.insert), _as_text, _pg_text_equals)
+        return DialectStrategy(
+            name, _as_text, _pg_text_equals, upsert_statement=_on_conflict(postgresql.insert)
+        )
     if name == "sqlite":
-        return _strategy(name, _on_conflict(sqlite.insert), _same_column, _text_equals)
+        return DialectStrategy(name, _same_column, _text_equals, upsert_statement=_on_conflict(sqlite.insert))
     if name in ("mysql", "mariadb"):
-        return _strategy(name, _on_duplicate_key, _same_column, _mysql_json_equals)
+        return DialectStrategy(name, _same_column, _mysql_json_equals, upsert_statement=_on_duplicate_key)
     if name == "mssql":
-        return DialectStrategy(name, _mssql_upsert, _same_column, _text_equals)
-    return DialectStrategy(name, _update_then_insert, _same_column, _text_equals)
+        return DialectStrategy(name, _same_column, _text_equals, upsert_steps=_mssql_upsert)
+    return DialectStrategy(name, _same_column, _text_equals, upsert_steps=_update_then_insert)
 
 
 # Seconds a worker waits for another one that is creating the same table.

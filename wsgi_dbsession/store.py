@@ -302,10 +302,11 @@ class SessionStore:
     def write(self, sid: str, text: str, expires: dt.datetime) -> None:
         """Insert or overwrite the row, in one statement (the dialect's upsert)."""
         params = {self._sid.name: sid, "sess": text, "expired": expires}
-        if "upsert" in self._hot:
+        steps = self.dialect.upsert_steps
+        if steps is None:
             self._run_hot(self._hot["upsert"], params)
         else:
-            self.run(lambda conn: self.dialect.upsert(conn, self.table, params))
+            self.run(lambda conn: steps(conn, self.table, params))
 
     def replace(self, sid: str, text: str, expires: dt.datetime, *, expected: str) -> bool:
         """Compare-and-set: overwrite only while ``sess`` is still ``expected``."""
