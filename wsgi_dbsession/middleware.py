@@ -115,6 +115,7 @@ class SessionMiddleware:
             status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
         ) -> Any:
             nonlocal started, failure
+            started = True  # not a generator app: its body is built, nothing to prime
             if failure is None and self._outage_explains(session, status):
                 failure = session.load_error
             if failure is not None:
@@ -124,7 +125,6 @@ class SessionMiddleware:
             except SessionError as exc:
                 failure = exc
                 raise
-            started = True
             return start_response(status, [*headers, *cookies], exc_info)
 
         try:
