@@ -85,6 +85,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         store.dispose()
 
 
+COMMANDS = ("create-table", "stats", "prune")
+
+
+def run_command(
+    store: SessionStore, command: str, *, batch_size: int = PRUNE_BATCH_SIZE, as_json: bool = False
+) -> int:
+    """Run one command on a store already built; returns the exit status.
+
+    For framework command lines (``flask dbsession prune``): the same work,
+    output and exit status as ``wsgi-dbsession COMMAND``, on the table the
+    application is configured with.
+    """
+    if command not in COMMANDS:
+        raise ValueError(f"command must be one of {COMMANDS}, not {command!r}")
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    args = argparse.Namespace(command=command, batch_size=batch_size, json=as_json)
+    try:
+        return _run(args, store)
+    except (SessionError, sa.exc.SQLAlchemyError) as exc:
+        return _fail(str(getattr(exc, "orig", None) or exc))
+
+
 def _run(args: argparse.Namespace, store: SessionStore) -> int:
     table = store.table.fullname
     if args.command == "create-table":
