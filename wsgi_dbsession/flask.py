@@ -1,0 +1,502 @@
+"""Flask integration: ``DBSession(app)`` makes ``flask.session`` a wsgi_dbsession session.
+
+The extension installs a :class:`flask.sessions.SessionInterface`, so
+``flask.session``, ``flash()``, Flask-Login and Flask-WTF's CSRF protection
+all keep their data in the session table. Configuration is Flask's:
+
+- ``DBSESSION_<OPTION>`` keys, one for each option of the package
+  (``DBSESSION_URL``, ``DBSESSION_TABLE_NAME``, ``DBSESSION_MAX_AGE``, …),
+  read by :func:`wsgi_dbsession.settings.parse_settings`, so text (from
+  ``app.config.from_prefixed_env()`` or a file) and Python objects both work;
+  an unknown ``DBSESSION_`` key is an error that suggests the nearest name;
+- ``SECRET_KEY`` (and ``SECRET_KEY_FALLBACKS``, which still verify) signs
+  the cookie when ``DBSESSION_SECRET`` is absent;
+- the lifetimes are Flask's: a session is a browser-session cookie until
+  ``session.permanent = True`` gives it ``PERMANENT_SESSION_LIFETIME``;
+  ``SESSION_REFRESH_EACH_REQUEST`` is the default of ``DBSESSION_ROLLING``;
+  ``SESSION_COOKIE_*`` keys that differ from Flask's defaults are the
+  defaults of the matching cookie options.
+
+The session is opened (not read) for each request, read when the app first
+touches it, and saved before the response leaves Flask. ``flask dbsession
+prune``, ``create-table`` and ``stats`` manage the table. See docs/flask.md.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import logging
+import re
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+import click
+from flask import Flask, Response, current_app
+from flask import request as current_request
+from flask.cli import AppGroup
+from flask.sessions import SessionInterface, SessionMixin
+
+from .cli import run_command
+from .cookies import MIN_SECRET_LENGTH
+from .exceptions import ConfigurationError, SessionError, StoreUnavailable
+from .middleware import SessionMiddleware
+from .session import Session
+from .settings import parse_settings
+from .store import PRUNE_BATCH_SIZE
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+log = logging.getLogger(__name__)
+
+CONFIG_PREFIX = "DBSESSION_"
+EXTENSION_KEY = "dbsession"
+# Where the request's FlaskSession is kept in the WSGI environ.
+ENVIRON_KEY = "wsgi_dbsession.flask"
+# The cookie options a SESSION_COOKIE_* key stands in for, when it is not Flask's default.
+_FLASK_COOKIE_KEYS = {
+    "SESSION_COOKIE_NAME": "cookie_name",
+    "SESSION_COOKIE_DOMAIN": "domain",
+    "SESSION_COOKIE_HTTPONLY": "httponly",
+    "SESSION_COOKIE_SECURE": "secure",
+    "SESSION_COOKIE_SAMESITE": "samesite",
+}
+UNAVAILABLE_TEXT = "The session store is unavailable; try again shortly.\n"
+
+
+class DBSession:
+    """The Flask extension: ``DBSession(app)``, or ``DBSession()`` then ``init_app(app)``.
+
+    ``regenerate_on_login`` (default True): when Flask-Login logs a user in
+    (its ``user_logged_in`` signal), the session gets a new id, so an id
+    planted before the login is worthless after it.
+    """
+
+    def __init__(self, app: Flask | None = None, *, regenerate_on_login: bool = True) -> None:
+        self.regenerate_on_login = regenerate_on_login
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Read the app's configuration and install the session interface and the CLI group.
+
+        Raises :class:`ConfigurationError` at once for a bad or unknown setting.
+        ``app.extensions["dbsession"]`` is then the session manager: its
+        ``store`` is the table, and ``close()`` stops the prune job and
+        closes the pool at shutdown.
+        """
+        options = options_from_config(app)
+        try:
+            manager = _manager(options)
+        except ConfigurationError as exc:
+            raise ConfigurationError(_config_message(str(exc), _config_keys(app.config))) from exc
+        interface = DBSessionInterface(
+            manager,
+            environ_key=options.get("environ_key", "dbsession"),
+            permanent_lifetime=_permanent_lifetime(app),
+            unavailable_status=options.get("unavailable_status", 503),
+            cleanup_batch_size=options.get("cleanup_batch_size"),
+        )
+        app.session_interface = interface
+        app.extensions[EXTENSION_KEY] = interface.manager
+        app.cli.add_command(dbsession_cli)
+        handlers = app.error_handler_spec[None][None]
+        if not any(cls in handlers for cls in StoreUnavailable.__mro__ if issubclass(cls, SessionError)):
+            app.register_error_handler(StoreUnavailable, _answer_outage)
+        if self.regenerate_on_login:
+            _connect_login_signal(app)
+
+
+def options_from_config(app: Flask) -> dict[str, Any]:
+    """The session manager's keyword options from ``app.config``.
+
+    ``DBSESSION_<OPTION>`` keys first; then Flask's own keys where no
+    ``DBSESSION_`` key was given: ``SECRET_KEY`` and ``SECRET_KEY_FALLBACKS``
+    for ``secret``, ``SESSION_REFRESH_EACH_REQUEST`` for ``rolling``, the
+    ``SESSION_COOKIE_*`` keys set to something other than Flask's default
+    for the cookie options; ``max_age`` is None (Flask's browser-session
+    cookie) unless ``DBSESSION_MAX_AGE`` is given.
+    """
+    config = app.config
+    keys = _config_keys(config)
+    given = {name: _seconds(config[key]) for name, key in keys.items()}
+    if given.get("secret") is None:
+        given.pop("secret", None)
+    try:
+        options = parse_settings(given, "")
+    except ConfigurationError as exc:
+        raise ConfigurationError(_config_message(str(exc), keys)) from exc
+    if "secret" not in options:
+        options["secret"] = _secrets_from_flask(config)
+    options.setdefault("max_age", None)
+    options.setdefault("rolling", bool(config.get("SESSION_REFRESH_EACH_REQUEST", True)))
+    for option, value in _cookie_defaults(app).items():
+        options.setdefault(option, value)
+    return options
+
+
+def _config_keys(config: Mapping[str, Any]) -> dict[str, str]:
+    """Option name to ``DBSESSION_`` key, for each such key the config has."""
+    return {key[len(CONFIG_PREFIX) :].lower(): key for key in config if key.startswith(CONFIG_PREFIX)}
+
+
+def _seconds(value: Any) -> Any:
+    """A ``timedelta`` as seconds (Flask configurations like them); anything else unchanged."""
+    if isinstance(value, dt.timedelta):
+        seconds = value.total_seconds()
+        return int(seconds) if seconds.is_integer() else seconds
+    return value
+
+
+def _config_message(message: str, keys: dict[str, str]) -> str:
+    """A settings error, with the option names written as the config keys they came from."""
+    unknown = re.fullmatch(r"unknown setting '(\w+)'(?:; did you mean (\w+)\?)?", message)
+    if unknown:
+        hint = f"; did you mean {CONFIG_PREFIX}{unknown[2].upper()}?" if unknown[2] else ""
+        return f"unknown setting {keys.get(unknown[1], unknown[1])!r}{hint}"
+    name, space, rest = message.partition(" ")
+    return f"{keys[name]} {rest}" if space and name in keys else message
+
+
+def _secrets_from_flask(config: Any) -> list[str]:
+    """``[SECRET_KEY, *SECRET_KEY_FALLBACKS]``: the first signs, every one verifies."""
+    if not config.get("SECRET_KEY"):
+        raise ConfigurationError(
+            "set SECRET_KEY (or DBSESSION_SECRET): wsgi_dbsession signs the session cookie with it"
+        )
+    named = [("SECRET_KEY", config["SECRET_KEY"])]
+    fallbacks = config.get("SECRET_KEY_FALLBACKS") or []
+    named += [(f"SECRET_KEY_FALLBACKS[{index}]", key) for index, key in enumerate(fallbacks)]
+    secrets = []
+    for name, value in named:
+        key = value
+        if isinstance(key, bytes):
+            try:
+                key = key.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ConfigurationError(
+                    f"{name} is bytes that are not UTF-8 text; wsgi_dbsession signs its cookie with "
+                    "text secrets (as express-session does): set DBSESSION_SECRET to a string of at "
+                    f"least {MIN_SECRET_LENGTH} random characters"
+                ) from None
+        if not isinstance(key, str):
+            raise ConfigurationError(f"{name} is a {type(key).__name__}; expected text")
+        if len(key) < MIN_SECRET_LENGTH:
+            raise ConfigurationError(
+                f"{name} has {len(key)} characters; wsgi_dbsession signs the session cookie with it "
+                f"and needs at least {MIN_SECRET_LENGTH}: make it longer (python -c 'import secrets; "
+                "print(secrets.token_hex())' prints 64) or give the session its own DBSESSION_SECRET"
+            )
+        secrets.append(key)
+    return secrets
+
+
+def _cookie_defaults(app: Flask) -> dict[str, Any]:
+    """Cookie options from the ``SESSION_COOKIE_*`` keys the app changed from Flask's defaults."""
+    config, flask_defaults = app.config, app.default_config
+    options: dict[str, Any] = {}
+    for key, option in _FLASK_COOKIE_KEYS.items():
+        value = config.get(key, flask_defaults.get(key))
+        if value == flask_defaults.get(key):
+            continue
+        if option == "samesite":
+            word = str(value).lower() if value else None
+            if word not in ("lax", "strict", "none", None):
+                raise ConfigurationError(f"{key} = {value!r}: expected 'Lax', 'Strict', 'None' or None")
+            value = word
+        options[option] = bool(value) if option in ("httponly", "secure") else value
+    path = config.get("SESSION_COOKIE_PATH") or config.get("APPLICATION_ROOT") or "/"
+    if path != "/":
+        options["path"] = path
+    if config.get("SESSION_COOKIE_PARTITIONED"):
+        raise ConfigurationError(
+            "SESSION_COOKIE_PARTITIONED is set, but wsgi_dbsession does not send Partitioned cookies"
+        )
+    return options
+
+
+def _permanent_lifetime(app: Flask) -> int:
+    seconds = int(app.permanent_session_lifetime.total_seconds())
+    if seconds < 1:
+        raise ConfigurationError("PERMANENT_SESSION_LIFETIME must be at least one second")
+    return seconds
+
+
+def _manager(options: dict[str, Any]) -> SessionMiddleware:
+    # The middleware's request cycle without its WSGI side: Flask opens the
+    # session through open_session and saves it through save_session.
+    return SessionMiddleware(_not_wrapped, **options)
+
+
+def _not_wrapped(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    raise TypeError("the Flask extension's session manager wraps no app")
+
+
+class DBSessionInterface(SessionInterface):
+    """Flask's session interface, opening and saving wsgi_dbsession sessions.
+
+    When the app is also wrapped by a :class:`SessionMiddleware` with the
+    same ``environ_key``, ``flask.session`` is that middleware's session and
+    the middleware saves it.
+    """
+
+    def __init__(
+        self,
+        manager: SessionMiddleware,
+        *,
+        environ_key: str = "dbsession",
+        permanent_lifetime: int = 31 * 86400,
+        unavailable_status: int = 503,
+        cleanup_batch_size: int | None = None,
+    ) -> None:
+        self.manager = manager
+        self.environ_key = environ_key
+        self.permanent_lifetime = permanent_lifetime
+        self.unavailable_status = unavailable_status
+        self.cleanup_batch_size = cleanup_batch_size
+
+    def open_session(self, app: Flask, request: Any) -> FlaskSession:
+        environ = request.environ
+        opened = environ.get(ENVIRON_KEY)
+        if isinstance(opened, FlaskSession):
+            return opened  # the request context was pushed again (stream_with_context, a copy)
+        outer = environ.get(self.environ_key)
+        if isinstance(outer, Session):
+            session = FlaskSession(outer, environ, self.permanent_lifetime, owned=False)
+        else:
+            session = FlaskSession(self.manager.open_session(environ), environ, self.permanent_lifetime)
+        environ[ENVIRON_KEY] = session
+        return session
+
+    def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
+        if session.accessed:
+            response.vary.add("Cookie")
+        if not isinstance(session, FlaskSession) or not session.saves:
+            return
+        try:
+            headers = self.manager.save_session(session.dbsession, session.environ)
+        except SessionError:
+            # Flask answers 500 and calls save_session again for that answer:
+            # the stored session stays as it was, and that answer sets no cookie.
+            session.saves = False
+            raise
+        for name, value in headers:
+            if name.lower() == "vary":
+                response.vary.update(part.strip() for part in value.split(","))
+            else:
+                response.headers.add(name, value)
+
+
+class FlaskSession(SessionMixin):
+    """``flask.session``: a wsgi_dbsession :class:`Session` with Flask's session attributes.
+
+    Reads and writes go to ``dbsession`` (the package's session, also at
+    ``environ[environ_key]``), which loads on first use and saves what
+    changed, nested changes included. ``permanent`` is whether the cookie
+    outlives the browser: setting it True gives the session
+    ``PERMANENT_SESSION_LIFETIME``, False makes it a browser-session cookie.
+    """
+
+    def __init__(
+        self, dbsession: Session, environ: WSGIEnvironment, permanent_lifetime: int, *, owned: bool = True
+    ) -> None:
+        self.dbsession = dbsession
+        self.environ = environ
+        self.permanent_lifetime = permanent_lifetime
+        self.saves = owned  # False: a wrapping SessionMiddleware saves it
+        self._accessed = False
+        self._modified = False
+        # After the outage answer: an empty stand-in, so after_request hooks run.
+        self._stand_in: dict[str, Any] | None = None
+
+    def _session(self) -> Session:
+        session = self.dbsession
+        if session.load_error is not None and not session.loaded:
+            raise session.load_error  # once per request is enough: no second connection attempt
+        return session
+
+    def _mapping(self) -> MutableMapping[str, Any]:
+        return self._stand_in if self._stand_in is not None else self._session()
+
+    def after_outage(self) -> None:
+        """The request is answered with the outage status: from now on the session is empty and unsaved."""
+        self._stand_in = {}
+        self.saves = False
+
+    # -- the mapping ----------------------------------------------------------------
+
+    def __getitem__(self, key: str) -> Any:
+        return self._mapping()[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._mapping()[key] = value
+        self._modified = True
+
+    def __delitem__(self, key: str) -> None:
+        del self._mapping()[key]
+        self._modified = True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._mapping())
+
+    def __len__(self) -> int:
+        return len(self._mapping())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._mapping()
+
+    def __repr__(self) -> str:
+        return f"<FlaskSession {self.dbsession!r}>"
+
+    # -- what Flask and its extensions use ------------------------------------------
+
+    @property
+    def accessed(self) -> bool:
+        """Whether the request used the session (Flask then adds ``Vary: Cookie``)."""
+        return self._accessed or self.dbsession.loaded
+
+    @accessed.setter
+    def accessed(self, value: bool) -> None:
+        self._accessed = value
+
+    @property
+    def modified(self) -> bool:
+        """Whether the app changed the session through this object.
+
+        Nested changes (``session["cart"].append(x)``) are saved without it;
+        setting it True forces a write, as ``session.changed()`` does.
+        """
+        return self._modified
+
+    @modified.setter
+    def modified(self, value: bool) -> None:
+        if value and self._stand_in is None:
+            self._session().changed()
+        self._modified = bool(value)
+
+    @property
+    def new(self) -> bool:  # type: ignore[override]
+        """True when this request started the session (no stored one was loaded)."""
+        return True if self._stand_in is not None else self._session().new
+
+    @property
+    def permanent(self) -> bool:
+        """Whether the cookie outlives the browser (the session has a lifetime)."""
+        return self._stand_in is None and self._session().get_expiry() is not None
+
+    @permanent.setter
+    def permanent(self, value: bool) -> None:
+        if self._stand_in is not None:
+            return
+        session = self._session()
+        lifetime = self.permanent_lifetime if value else None
+        if session.get_expiry() != lifetime:  # setting it every request costs no write
+            session.set_expiry(lifetime)
+            self._modified = True
+
+    # -- the package's session API ----------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        """The session id; a new session gets one the first time it is asked."""
+        return self._session().id
+
+    @property
+    def created(self) -> float:
+        """When the session was created, in seconds since the epoch."""
+        return self._session().created
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the session was read in this request."""
+        return self.dbsession.loaded
+
+    def regenerate(self) -> None:
+        """A new id, the same data, the old row deleted: call it at login (DBSession does for Flask-Login)."""
+        self._session().regenerate()
+        self._modified = True
+
+    def invalidate(self) -> None:
+        """Delete the stored session and expire its cookie (logout); the object starts empty."""
+        self._session().invalidate()
+        self._modified = True
+
+    def set_expiry(self, seconds: int | None) -> None:
+        """This session's own lifetime in seconds; None: until the browser closes."""
+        self._session().set_expiry(seconds)
+        self._modified = True
+
+    def get_expiry(self) -> int | None:
+        """This session's lifetime in seconds (None: a browser-session cookie)."""
+        return self._session().get_expiry()
+
+    def changed(self) -> None:
+        """Mark the session changed, so it is saved even if no change was seen."""
+        self.modified = True
+
+
+def _answer_outage(error: StoreUnavailable) -> Response:
+    """The answer when the session database cannot be reached while a view reads the session."""
+    interface = current_app.session_interface
+    status = interface.unavailable_status if isinstance(interface, DBSessionInterface) else 503
+    session = current_request.environ.get(ENVIRON_KEY)
+    if isinstance(session, FlaskSession):
+        session.after_outage()
+    log.error("the session store is unavailable, answering %d", status, exc_info=error)
+    return Response(UNAVAILABLE_TEXT, status=status, mimetype="text/plain")
+
+
+def _connect_login_signal(app: Flask) -> None:
+    """Regenerate the session id when Flask-Login logs a user in, if Flask-Login is installed."""
+    try:
+        signals = importlib.import_module("flask_login.signals")
+    except ImportError:
+        return
+
+    def regenerate(sender: Flask, **extra: Any) -> None:
+        session = current_request.environ.get(ENVIRON_KEY)
+        if isinstance(session, FlaskSession):
+            session.regenerate()
+
+    signals.user_logged_in.connect(regenerate, sender=app, weak=False)
+
+
+# -- flask dbsession ... ----------------------------------------------------------------
+
+dbsession_cli = AppGroup(
+    "dbsession", help="Manage the table of the app's sessions (configured by the DBSESSION_* keys)."
+)
+
+
+def _interface() -> DBSessionInterface:
+    interface = current_app.session_interface
+    if not isinstance(interface, DBSessionInterface):
+        raise click.UsageError("this app does not use wsgi_dbsession: call DBSession(app) first")
+    return interface
+
+
+@dbsession_cli.command("prune")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    help="rows per delete statement, each its own transaction (default: DBSESSION_CLEANUP_BATCH_SIZE)",
+)
+def prune_command(batch_size: int | None) -> None:
+    """Delete the expired sessions now (takes the same lock as the background prune)."""
+    interface = _interface()
+    batch_size = batch_size or interface.cleanup_batch_size or PRUNE_BATCH_SIZE
+    raise SystemExit(run_command(interface.manager.store, "prune", batch_size=batch_size))
+
+
+@dbsession_cli.command("create-table")
+def create_table_command() -> None:
+    """Create the sessions table and its expiry index when missing."""
+    raise SystemExit(run_command(_interface().manager.store, "create-table"))
+
+
+@dbsession_cli.command("stats")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def stats_command(as_json: bool) -> None:
+    """Count the live and the expired sessions."""
+    raise SystemExit(run_command(_interface().manager.store, "stats", as_json=as_json))
