@@ -522,3 +522,58 @@ def test_the_worked_example_shares_a_login(interop: Interop, monkeypatch: pytest
     assert text(node_url + "/") == "hello alice, visit 2"
     assert text(python_url + "/logout") == "logged out"
     assert text(node_url + "/") == "hello stranger, visit 1"
+
+
+# -- a Flask app (wsgi_dbsession.flask) instead of the middleware -----------------------
+
+
+class FlaskServed:
+    """A Flask app on DBSession as Interop.serve takes an app: a WSGI callable with close()."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        from tests.flask_apps import interop_app
+
+        self.app = interop_app(config)
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        return self.app(environ, start_response)
+
+    def close(self) -> None:
+        self.app.extensions["dbsession"].close()
+
+
+@pytest.mark.parametrize(("login_on", "logout_on"), [("node", "flask"), ("flask", "node")])
+def test_a_flask_app_shares_a_login_with_node(interop: Interop, login_on: str, logout_on: str) -> None:
+    node_url = interop.start_node()  # Node first: connect-session-knex creates the table
+    flask = FlaskServed(
+        {
+            "SECRET_KEY": SECRET_A,
+            "DBSESSION_URL": interop.url,
+            "DBSESSION_TABLE_NAME": interop.table_name,
+            "DBSESSION_MAX_AGE": MAX_AGE,
+            "DBSESSION_CLEANUP_INTERVAL": 0,
+        }
+    )
+    urls = {"node": node_url, "flask": interop.serve(flask)}  # type: ignore[arg-type]
+    other = "flask" if login_on == "node" else "node"
+    browser = Browser()
+
+    _, login_cookies = browser.get(urls[login_on] + "/login?user=alice")
+    body, other_cookies = browser.get(urls[other] + "/incr")
+    assert body["data"]["user"] == "alice" and body["data"]["count"] == 1
+    if other == "flask":
+        assert body["permanent"] is True  # Node's cookie.maxAge is a lifetime: a permanent session
+    # Same sid, same secret: both send express-session's exact cookie value.
+    assert cookie_value(other_cookies[0]) == cookie_value(login_cookies[0])
+    stored, _ = interop.row(browser.sid) or pytest.fail("the row is gone")
+    assert next(iter(stored)) == "cookie" and stored["cookie"]["originalMaxAge"] == MAX_AGE * 1000
+    assert stored["user"] == "alice" and stored["count"] == 1
+
+    old_cookie, sid = browser.cookie, browser.sid
+    assert old_cookie is not None
+    browser.get(urls[logout_on] + "/logout")
+    assert browser.cookie is None
+    assert interop.row(sid) is None
+    for side in ("node", "flask"):
+        assert browser.get(urls[side] + "/read")[0]["data"] == {}
+        assert get_with_cookie(urls[side] + "/read", old_cookie)["data"] == {}
