@@ -1,0 +1,85 @@
+"""Many requests writing one session at once (issue 12, acceptance 5), on PostgreSQL, MariaDB and SQLite.
+
+A single-page app fires parallel calls on one session: 20 writers, each
+changing its own key 50 times in sequence, through real gunicorn (2 gthread
+workers x 10 threads, direct database connections). Every request must
+succeed (no 500 ``ConcurrentUpdateError``: a lost race is retried or merged,
+never an error page) and no change may be lost: each writer is answered 1 to
+50 in turn, and the stored session ends with every key at 50.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import backend_url, drop_table, unique_table_name
+from tests.topology import (
+    Client,
+    error_summary,
+    exceptions_logged,
+    get,
+    run_clients,
+    server_errors,
+    session_cookie,
+    sid_of,
+    start_gunicorn,
+)
+from wsgi_dbsession import SessionStore
+
+pytestmark = pytest.mark.slow
+
+WORKERS, THREADS = 2, 10
+WRITERS, REQUESTS = 20, 50
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb", "sqlite"])
+def test_twenty_writers_on_one_session_lose_nothing(
+    backend: str, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    url = backend_url(backend, tmp_path_factory)
+    store = SessionStore(url=url, table_name=unique_table_name("contention"))
+    store.create_table()
+    app_log = tmp_path / "app.log"
+    server = start_gunicorn(
+        "tests.servers.topology_app:app",
+        {"TOPOLOGY_APP_URL": url, "TOPOLOGY_APP_TABLE": store.table.name, "TOPOLOGY_APP_LOG": str(app_log)},
+        tmp_path / "gunicorn.log",
+        workers=WORKERS,
+        threads=THREADS,
+    )
+    try:
+        first = get(server.port, "/key/seed")
+        assert first.status == 200, first.body
+        cookie = session_cookie(first)
+        assert cookie is not None
+        writers = [
+            Client([server.port], f"/key/w{n}", REQUESTS, "value", cookie=cookie) for n in range(WRITERS)
+        ]
+        elapsed = run_clients(writers)
+    finally:
+        exit_code = server.stop()
+    try:
+        errors = [error for writer in writers for error in writer.errors]
+        print(f"{WRITERS * REQUESTS} writes to one session in {elapsed:.1f} s, {len(errors)} errors")
+        failed_writers = sum(1 for writer in writers if writer.errors)
+        assert not errors, (
+            f"{len(errors)} of {WRITERS * REQUESTS} requests failed, {failed_writers} of {WRITERS} writers"
+            f" got an error: {error_summary(errors)}; logged: {exceptions_logged(app_log.read_text())}"
+        )
+        assert len(set().union(*(writer.pids for writer in writers))) == WORKERS, "both workers served"
+        for n, writer in enumerate(writers):
+            assert writer.answers == list(range(1, REQUESTS + 1)), f"writer {n}: {writer.answers}"
+        stored = store.get(sid_of(cookie))
+        assert stored is not None
+        assert {f"w{n}": stored.get(f"w{n}") for n in range(WRITERS)} == {
+            f"w{n}": REQUESTS for n in range(WRITERS)
+        }, "a change was lost"
+        assert stored["seed"] == 1
+        assert store.count() == 1, "one session, no strays"
+        assert exit_code == 0, server.log_text()
+        assert not server_errors(server.log_text()), server.log_text()[-3000:]
+    finally:
+        drop_table(store.engine, store.table)
+        store.dispose()
