@@ -66,7 +66,8 @@ def test_twenty_writers_on_one_session_lose_nothing(
         failed_writers = sum(1 for writer in writers if writer.errors)
         assert not errors, (
             f"{len(errors)} of {WRITERS * REQUESTS} requests failed, {failed_writers} of {WRITERS} writers"
-            f" got an error: {error_summary(errors)}; logged: {exceptions_logged(app_log.read_text())}"
+            f" got an error: {error_summary(errors)};"
+            f" logged: {exceptions_logged(app_log.read_text() + server.log_text())}"
         )
         assert len(set().union(*(writer.pids for writer in writers))) == WORKERS, "both workers served"
         for n, writer in enumerate(writers):

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+import psycopg
 import pymysql
 import pytest
 import sqlalchemy as sa
@@ -75,8 +76,6 @@ def _pgbouncer_admin(url: str) -> sa.URL:
 
 def pgbouncer_rows(url: str, command: str) -> list[dict[str, Any]]:
     """The rows of a PgBouncer admin command (``SHOW DATABASES``...), through the admin console."""
-    import psycopg
-
     admin = _pgbouncer_admin(url)
     with psycopg.connect(
         host=admin.host, port=admin.port, user=admin.username, dbname="pgbouncer", autocommit=True,
@@ -89,8 +88,6 @@ def pgbouncer_rows(url: str, command: str) -> list[dict[str, Any]]:
 
 def require_pgbouncer(url: str, pool_mode: str) -> None:
     """PgBouncer answers ``url`` and pools its database in ``pool_mode``."""
-    import psycopg
-
     parts = sa.make_url(url)
     try:
         pools = {row["name"]: row for row in pgbouncer_rows(url, "SHOW DATABASES")}

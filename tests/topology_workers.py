@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from wsgi_dbsession import SessionMiddleware
@@ -28,6 +30,28 @@ def _request(middleware: SessionMiddleware) -> tuple[list[str], bytes]:
     return status, body
 
 
+@contextlib.contextmanager
+def _errors_logged() -> Iterator[list[str]]:
+    """The package's ERROR log records while the block runs, each with the exceptions of its traceback."""
+    found: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            chain, exc = [], record.exc_info[1] if record.exc_info else None
+            while exc is not None:
+                chain.append(f"{type(exc).__name__}: {exc}")
+                exc = exc.__cause__ or exc.__context__
+            found.append(" <- ".join([record.getMessage(), *chain]))
+
+    handler = Collect(logging.ERROR)
+    logger = logging.getLogger("wsgi_dbsession")
+    logger.addHandler(handler)
+    try:
+        yield found
+    finally:
+        logger.removeHandler(handler)
+
+
 def first_use(url: str, secret: str, tables: list[str], barrier: Any, results: Any) -> None:
     """For each table in turn, at the same moment as the other processes: a first request on it.
 
@@ -49,9 +73,10 @@ def first_use(url: str, secret: str, tables: list[str], barrier: Any, results: A
         barrier.wait(timeout=60)  # every process at once
         if middleware is not None:
             try:
-                status, body = _request(middleware)
+                with _errors_logged() as logged:
+                    status, body = _request(middleware)
                 if status != ["200 OK"]:
-                    errors.append(f"{table}: {status} {body[:200]!r}")
+                    errors.append(f"{table}: {status} {body[:200]!r}; logged: {logged}")
             except BaseException:
                 errors.append(f"{table}: {traceback.format_exc()}")
             finally:
