@@ -139,8 +139,11 @@ def expiry_in_time_zones(backend: str, url: str, table_name: str) -> dict[str, A
     store.set("boundary", {"x": 1}, expires)
     # A fraction of a second is dropped, never rounded up, where the column keeps whole seconds.
     store.set("fraction", {"x": 1}, expires + dt.timedelta(microseconds=999_999))
-    store.set("soon", {"x": 1}, dt.datetime.now(UTC) + 3 * second)
-    store.set("past", {"x": 1}, dt.datetime.now(UTC) - 2 * second)
+    # Live for minutes, expired for minutes: a time zone mistake shifts expiries by
+    # hours (30 minutes at least) and flips one of them, while a loaded machine's
+    # seconds between these statements and the reads below flip neither.
+    store.set("soon", {"x": 1}, dt.datetime.now(UTC) + dt.timedelta(minutes=10))
+    store.set("past", {"x": 1}, dt.datetime.now(UTC) - dt.timedelta(minutes=10))
     table = store.engine.dialect.identifier_preparer.format_table(store.table)
     with engine.connect() as conn:
         raw = {

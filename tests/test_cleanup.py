@@ -6,6 +6,7 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -32,7 +33,7 @@ MakeApp = Callable[..., tuple[webtest.TestApp, SessionMiddleware]]
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 5.0) -> Any:
+def wait_for(condition: Callable[[], Any], timeout: float = 60.0) -> Any:
     deadline = time.monotonic() + timeout
     while not (result := condition()):
         assert time.monotonic() < deadline, "timed out"
@@ -228,6 +229,46 @@ def test_a_second_run_in_the_same_process_while_one_is_running_does_nothing(make
     assert results == [30]
 
 
+def test_shutdown_during_a_long_prune_returns_and_stops_it_after_the_current_batch(
+    make_store: MakeStore,
+) -> None:
+    batch, batches = 10, 40
+    store = make_store()
+    live = seed(store, expired=batch * batches, live=3)
+    job = PruneScheduler(store, interval=60, batch_size=batch)
+    deletes: list[str] = []
+    in_first_batch, finish_batch = threading.Event(), threading.Event()
+
+    def hold_the_first_batch(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith("DELETE"):
+            deletes.append(statement)
+            if len(deletes) == 1:
+                in_first_batch.set()
+                finish_batch.wait(60)
+
+    sa.event.listen(store.engine, "before_cursor_execute", hold_the_first_batch)
+    results: list[int | None] = []
+    pruning = threading.Thread(target=lambda: results.append(job.run_once()))
+    pruning.start()
+    try:
+        assert in_first_batch.wait(60)
+        # The batch cannot end while shutdown waits: shutdown gives up at its timeout.
+        started = time.monotonic()
+        job.shutdown(timeout=0.2)
+        assert time.monotonic() - started < 30
+    finally:
+        finish_batch.set()
+        pruning.join(60)
+    assert not pruning.is_alive()
+    assert results == [batch], "the prune stopped after the batch it was in"
+    assert len(deletes) == 1
+    assert store.count(expired=True) == batch * (batches - 1)
+    assert live_rows(store) == live
+    job.shutdown(timeout=30)  # nothing runs now: it returns, and gives the prune lock back
+    with scheduler(make_store(table_name=store.table.name)) as other:
+        assert other.run_once() == batch * (batches - 1)
+
+
 # -- the background job ---------------------------------------------------------
 
 
@@ -259,7 +300,7 @@ def test_the_first_request_starts_one_job_that_prunes_until_close(
 def test_the_process_exits_promptly_and_quietly_with_the_job_running(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
-        import logging, time
+        import logging, os, threading, time
         from wsgi_dbsession import SessionMiddleware
         from tests.prune_helpers import seed
 
@@ -270,18 +311,29 @@ def test_the_process_exits_promptly_and_quietly_with_the_job_running(tmp_path: P
         middleware = SessionMiddleware(
             app, secret={SECRET!r}, url="sqlite:///{tmp_path}/s.sqlite", cleanup_interval=0.1
         )
+        pruned = threading.Event()
+
+        class Pruned(logging.Handler):
+            def emit(self, record):
+                if record.getMessage().startswith("pruned 5 expired sessions"):
+                    pruned.set()
+
+        logging.getLogger("wsgi_dbsession").addHandler(Pruned())
         seed(middleware.store, expired=5, live=0)
         middleware({{"REQUEST_METHOD": "GET", "PATH_INFO": "/"}}, lambda *a: None)
-        time.sleep(0.5)
+        assert pruned.wait(60), "the job never pruned"
+        os.write(2, f"\\nexiting {{time.time()}}\\n".encode())  # one write: no log line splits it
         """
     )
-    started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=30, check=False
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
     )
+    exited = time.time()
     assert done.returncode == 0, done.stderr
-    assert time.monotonic() - started < 10
     assert "pruned 5 expired sessions" in done.stderr
+    (leaving,) = re.findall(r"^exiting ([\d.]+)$", done.stderr, re.MULTILINE)
+    # Exit waits at most a second for the job (atexit); the rest is margin for a loaded machine.
+    assert exited - float(leaving) < 10
     assert "Traceback" not in done.stderr and "Logging error" not in done.stderr
 
 

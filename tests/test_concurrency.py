@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pytest
@@ -180,7 +180,7 @@ def test_concurrent_requests_through_the_middleware_lose_no_update(make_app: Mak
         key = environ["PATH_INFO"].strip("/")
         current = session.get(key, 0)
         if key != "seed":
-            barrier.wait(timeout=10)  # every request has loaded the row before any saves
+            barrier.wait(timeout=60)  # every request has loaded the row before any saves
         session[key] = current + 1
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"ok"]
@@ -215,3 +215,111 @@ def test_concurrent_requests_through_the_middleware_lose_no_update(make_app: Mak
     assert stored["seed"] == 1
     selects = sum(statement.lstrip().upper().startswith("SELECT") for statement in log.statements)
     assert selects > threads * rounds, "the saves did collide and were merged"
+
+
+# -- two tabs, through real requests: the other tab's request saves while this one runs --------
+
+Route = Callable[[Any], Any]
+
+
+class TwoTabs:
+    """One session open in two browser tabs, on an app whose paths run ``routes[path](session)``.
+
+    A route of the first tab can send a request from the other tab
+    (``tabs.other.get(...)``) after its own request loaded the session and
+    before it saves: the other tab's change is then stored first, and this
+    request's save meets it (the conflict and merge of a real race).
+    """
+
+    def __init__(self, make_app: MakeApp, routes: dict[str, Route]) -> None:
+        routes = {"/read": dict, **routes}
+        self.routes = routes
+        self.client, self.middleware = make_app(self.app)
+        self.other = webtest.TestApp(self.middleware)
+
+    def app(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        result = self.routes[environ["PATH_INFO"]](environ["dbsession"])
+        if callable(result):  # a body that reads the session after its save, as it streams
+            return self._stream(result, start_response)
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps(result).encode()]
+
+    @staticmethod
+    def _stream(read: Callable[[], Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Type", "application/json")])
+        yield json.dumps(read()).encode()
+
+    def open(self, seed: str) -> str:
+        """Start the session with the route ``seed`` in the first tab, open it in the other; its id."""
+        self.client.get(seed)
+        cookie = self.client.cookies["connect.sid"]
+        self.other.set_cookie("connect.sid", cookie)
+        sid = self.middleware.cookie.read(f"connect.sid={cookie}")
+        assert sid is not None
+        return sid
+
+    def data(self) -> dict[str, Any]:
+        return dict(self.client.get("/read").json)
+
+
+def test_a_key_deleted_by_the_request_that_saves_last_stays_deleted(make_app: MakeApp) -> None:
+    def delete_a(session: Any) -> None:
+        del session["a"]
+        tabs.other.get("/set-b")  # saved first: this request's save finds the row changed
+
+    tabs = TwoTabs(
+        make_app,
+        {"/seed": lambda s: s.update(a=1, b=0), "/set-b": lambda s: s.update(b=2), "/delete": delete_a},
+    )
+    tabs.open("/seed")
+    tabs.client.get("/delete")
+    assert tabs.data() == {"b": 2}, "the other tab's change is kept and the deleted key stays deleted"
+
+
+def test_a_flash_consumed_by_the_request_that_saves_last_does_not_come_back(make_app: MakeApp) -> None:
+    def seed(session: Any) -> None:
+        session.flash("welcome back")
+        session["b"] = 0
+
+    def consume(session: Any) -> list[Any]:
+        messages = session.pop_flash()
+        tabs.other.get("/set-b")
+        return messages
+
+    tabs = TwoTabs(make_app, {"/seed": seed, "/set-b": lambda s: s.update(b=2), "/consume": consume})
+    tabs.open("/seed")
+    assert tabs.client.get("/consume").json == ["welcome back"]
+    assert tabs.data() == {"b": 2}, "the message was shown once and is gone"
+
+
+def test_a_merged_save_keeps_the_machinery_s_keys_out_of_the_session(make_app: MakeApp) -> None:
+    def change_a(session: Any) -> Callable[[], list[str]]:
+        session["a"] = 1
+        tabs.other.get("/set-b")
+        return lambda: sorted(session)  # read as the body streams, after the save (a merge)
+
+    tabs = TwoTabs(
+        make_app,
+        {"/seed": lambda s: s.update(a=0, b=0), "/set-b": lambda s: s.update(b=2), "/change": change_a},
+    )
+    tabs.open("/seed")
+    assert tabs.client.get("/change").json == ["a", "b"], "no cookie or _created key after the merge"
+    assert tabs.data() == {"a": 1, "b": 2}
+
+
+def test_a_login_whose_old_row_vanished_meanwhile_is_saved_under_the_new_id(make_app: MakeApp) -> None:
+    def login(session: Any) -> None:
+        assert session["count"] == 1  # loaded
+        tabs.middleware.store.destroy(sid)  # the row goes meanwhile (logout in another tab, expiry)
+        session.regenerate()
+        session["user"] = "bob"
+
+    tabs = TwoTabs(make_app, {"/seed": lambda s: s.update(count=1), "/login": login})
+    sid = tabs.open("/seed")
+    response = tabs.client.get("/login")
+    (header,) = response.headers.getall("Set-Cookie")
+    new = tabs.middleware.cookie.read(header.split(";", 1)[0])
+    assert new is not None and new != sid
+    assert tabs.middleware.store.load(sid) is None
+    assert tabs.data() == {"count": 1, "user": "bob"}, "the login was stored under the new id"
+    assert tabs.middleware.store.count() == 1

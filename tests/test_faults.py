@@ -147,13 +147,20 @@ def test_a_hung_connect_gives_up_after_the_connect_timeout(
     # Every SYN dropped: only the driver's connect timeout ends the wait.
     # PostgreSQL's minimum is 2 s; the URL's value wins over the default.
     timeout = 2 if backend == "postgresql" else 1
-    app, _ = make_proxied(url=proxy.route(db_url).update_query_dict({"connect_timeout": str(timeout)}))
+    app, middleware = make_proxied(
+        url=proxy.route(db_url).update_query_dict({"connect_timeout": str(timeout)})
+    )
     app.get("/incr")
+    connects: list[float] = []
+    sa.event.listen(middleware.store.engine, "do_connect", lambda *_: connects.append(time.monotonic()))
     proxy.hang()
     started = time.monotonic()
     app.get("/read", status=503)
     elapsed = time.monotonic() - started
-    assert timeout - 0.2 <= elapsed < timeout + 1.5, elapsed
+    assert len(connects) == 1, "one connect attempt, not one per retry"
+    # At least the URL's timeout; below the package's default (5 s), which the URL's value
+    # replaced: the margin a loaded machine needs (the wait itself is the kernel's, exact).
+    assert timeout - 0.2 <= elapsed < CONNECT_TIMEOUT, elapsed
     proxy.restore()
     assert app.get("/incr").json["data"] == {"count": 2}
 
@@ -242,21 +249,37 @@ def test_app_that_degrades_gracefully_keeps_its_own_answer(proxy: TCPProxy, make
 def test_app_that_swallows_a_failed_save_never_gets_its_success_page_out(
     proxy: TCPProxy, make_proxied: MakeApp
 ) -> None:
+    started: list[str] = []
+
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         session = environ["dbsession"]
         session["count"] = session.get("count", 0) + 1
         proxy.cut()
-        for _ in range(2):  # the second try is refused too: the failure sticks
-            with contextlib.suppress(Exception):
-                start_response("200 OK", [("Content-Type", "text/plain")])
+        with contextlib.suppress(Exception):
+            start_response("200 OK", [("Content-Type", "text/plain")])
+        # The database is back: a second save would succeed, but the failure sticks.
+        proxy.restore()
+        with contextlib.suppress(Exception):
+            start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"saved!"]
+
+    def recorded(wsgi_app: Any) -> Any:
+        def call(environ: dict[str, Any], start_response: Any) -> Any:
+            def record(status: str, headers: Any, exc_info: Any = None) -> Any:
+                started.append(status)
+                return start_response(status, headers, exc_info)
+
+            return wsgi_app(environ, record)
+
+        return call
 
     client, middleware = make_proxied(app)
     client.set_cookie("connect.sid", _live_cookie(make_proxied))
     sid = middleware.cookie.read(f"connect.sid={client.cookies['connect.sid']}")
     assert sid is not None
+    client.app = recorded(middleware)
     assert client.get("/", status=503).text == UNAVAILABLE_TEXT
-    proxy.restore()
+    assert started == ["503 Service Unavailable"], "one answer: the error"
     assert middleware.store.get(sid) == {**middleware.store.get(sid), "count": 1}, "the row kept count 1"
 
 

@@ -21,27 +21,38 @@ import base64
 import hashlib
 import hmac
 import json
+import os
+import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 from wsgiref.util import setup_testing_defaults
 
 import pytest
 import webtest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
+from hypothesis.database import DirectoryBasedExampleDatabase
 
 from conftest import SECRET, StatementLog
 from tests.apps import session_app
 from wsgi_dbsession import SessionMiddleware
 
 MakeApp = Callable[..., tuple[webtest.TestApp, SessionMiddleware]]
+ROOT = Path(__file__).resolve().parent.parent
+# A failing example is saved in .hypothesis/examples (gitignored) and tried first on the
+# next run here; a failure also reports its run's seed, and
+# WSGI_DBSESSION_HYPOTHESIS_SEED=<seed> replays that run elsewhere (a CI log's failure).
+SEED = int(os.environ.get("WSGI_DBSESSION_HYPOTHESIS_SEED") or random.SystemRandom().getrandbits(64))
 FUZZ = settings(
     max_examples=200,
     deadline=None,
-    database=None,
+    database=DirectoryBasedExampleDatabase(ROOT / ".hypothesis" / "examples"),
+    derandomize=False,
+    print_blob=True,  # and the @reproduce_failure blob of the shrunk example
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 WELL_FORMED_SID = re.compile(r"[A-Za-z0-9_-]{16,255}")
@@ -162,6 +173,7 @@ def test_hostile_cookie_headers_never_500_never_query_unverified_never_adopt(mak
     seen = {"queried": 0, "adopted": 0}
 
     @FUZZ
+    @seed(SEED)
     @given(cookie_header(issued_value, issued_sid))
     def check(generated: tuple[str, list[Part]]) -> None:
         header, parts = generated
@@ -183,7 +195,11 @@ def test_hostile_cookie_headers_never_500_never_query_unverified_never_adopt(mak
             assert all(body["id"] != part.sid for part in parts)
             assert body["data"] == {}
 
-    check()
+    try:
+        check()
+    except BaseException as exc:
+        exc.add_note(f"Hypothesis seed {SEED}: rerun with WSGI_DBSESSION_HYPOTHESIS_SEED={SEED}")
+        raise
     # The strategies did reach both the query path and the adoption of the issued session.
     assert seen["queried"] > 0 and seen["adopted"] > 0, seen
     assert middleware.store.count() == 1, "reading never stored anything"

@@ -1,8 +1,10 @@
 """Pruning under real gunicorn: 4 sync workers, with and without --preload, on every live database.
 
 Each case serves tests/servers/prune_app.py with ``cleanup_interval`` of 1 s
-over a table of 1,000 expired and 1,000 live sessions, for about 8 s of
-traffic that reads live sessions. The six cases run at the same time (one
+over a table of 1,000 expired and 1,000 live sessions, with traffic that
+reads live sessions for at least 8 s and until the log shows a few prunes
+and another worker's try (a loaded machine gets the time it needs; the
+counts are checked, not the clock). The six cases run at the same time (one
 thread drives each server), so the module takes one case's time.
 """
 
@@ -37,7 +39,10 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = 4
 INTERVAL = 1.0  # seconds: the cleanup_interval under test
-TRAFFIC = 8.0  # seconds of requests per case
+TRAFFIC = 8.0  # seconds of requests per case, at least
+MAX_TRAFFIC = 120.0  # seconds: the most a case waits for MIN_PRUNES prunes and another worker's try
+MIN_PRUNES = 3
+STARTUP = 180.0  # seconds for gunicorn and its workers to start (six servers at once, on a loaded machine)
 CLIENTS = 2  # concurrent client threads per case
 EXPIRED = LIVE = 1000
 CASES = [(backend, preload) for backend in BACKENDS for preload in (False, True)]
@@ -69,7 +74,7 @@ class Run:
 
 
 def _get(port: int, path: str, cookie: str | None) -> dict[str, Any]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
         conn.request("GET", path, headers={"Cookie": cookie} if cookie else {})
         response = conn.getresponse()
@@ -79,10 +84,10 @@ def _get(port: int, path: str, cookie: str | None) -> dict[str, Any]:
         conn.close()
 
 
-def _drive(port: int, run: Run, live: dict[str, str], until: float) -> None:
-    """Read random live sessions (and ask for the worker's connection) until ``until``."""
+def _drive(port: int, run: Run, live: dict[str, str], done: threading.Event) -> None:
+    """Read random live sessions (and ask for the worker's connection) until ``done``."""
     sids = list(live)
-    while time.monotonic() < until:
+    while not done.is_set():
         if random.random() < 0.2:
             answer = _get(port, "/db", None)
             run.worker_connections[answer["pid"]].add(answer["connection"])
@@ -120,15 +125,21 @@ def _serve(backend: str, preload: bool, url: str, table: str, workdir: Path, run
         # Traffic starts once every worker has the app (without --preload each imports it itself).
         ready = 1 if preload else WORKERS
         _wait_for(lambda: log_path.exists() and log_path.read_text().count("app imported") == ready, server)
-        started = time.monotonic()
+        started, done = time.monotonic(), threading.Event()
         clients = [
-            threading.Thread(target=_drive, args=(port, run, run.live_before, started + TRAFFIC))
-            for _ in range(CLIENTS)
+            threading.Thread(target=_drive, args=(port, run, run.live_before, done)) for _ in range(CLIENTS)
         ]
         for client in clients:
             client.start()
-        for client in clients:
-            client.join()
+        try:
+            while not (time.monotonic() - started >= TRAFFIC and _pruned_enough(log_path)):
+                assert time.monotonic() - started < MAX_TRAFFIC, "too few prunes: see the test's log"
+                assert server.poll() is None, "gunicorn exited"
+                done.wait(0.2)
+        finally:
+            done.set()
+            for client in clients:
+                client.join()
     finally:
         run.stopped_at = time.time()
         server.send_signal(signal.SIGTERM)
@@ -140,11 +151,19 @@ def _serve(backend: str, preload: bool, url: str, table: str, workdir: Path, run
         run.log.append((float(match["time"]), int(match["pid"]), match["message"]))
 
 
+def _pruned_enough(log_path: Path) -> bool:
+    """Whether the log has MIN_PRUNES prunes and a worker that found the prune taken."""
+    text = log_path.read_text()
+    return len(re.findall(r" pruned \d+ expired sessions", text)) >= MIN_PRUNES and (
+        " another process prunes" in text
+    )
+
+
 def _wait_for(condition: Callable[[], Any], server: subprocess.Popen[bytes]) -> Any:
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + STARTUP
     while not (result := condition()):
         assert server.poll() is None, "gunicorn exited"
-        assert time.monotonic() < deadline, "gunicorn did not start in 60 s"
+        assert time.monotonic() < deadline, f"gunicorn did not start in {STARTUP:.0f} s"
         time.sleep(0.1)
     return result
 
@@ -237,7 +256,11 @@ def test_one_prune_at_a_time_about_once_per_interval(runs: dict[Any, Run | BaseE
     scheduling = run.lines(r"prune job of .* started")
     assert len({pid for _, pid, _ in scheduling}) >= 2, run.log
     intervals = (run.stopped_at - min(at for at, _, _ in scheduling)) / INTERVAL
-    assert intervals / 2 - 1 <= len(spans) <= intervals * 1.5 + 1, (len(spans), intervals)
+    # The job ran again and again (the traffic lasted until it had); and never more often
+    # than once per interval or so in total, not once per worker. A loaded machine only
+    # delays runs, so the upper bound holds under load, where a lower one from the
+    # clock would not.
+    assert MIN_PRUNES <= len(spans) <= intervals * 1.5 + 1, (len(spans), intervals)
     assert len({pid for _, _, pid in spans}) == 1
     assert run.lines(r"another process prunes"), "the other workers never tried"
 

@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
+from wsgiref.util import setup_testing_defaults
 
 import pytest
 import webtest
@@ -240,3 +241,52 @@ def test_reserved_cookie_key_cannot_be_clobbered(make_app: MakeApp) -> None:
         return [b""]
 
     make_app(app)[0].get("/")
+
+
+def test_rolling_moves_the_expiry_of_a_read_only_request_a_whole_lifetime_ahead(make_app: MakeApp) -> None:
+    app, middleware = make_app(session_app, rolling=True, touch_after=60, max_age=3600)
+    sid = sid_in(app.get("/incr"))
+    # As if the last activity was 20 minutes ago: 40 of the 60 minutes are left.
+    assert middleware.store.touch(sid, dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=40))
+    before = dt.datetime.now(dt.timezone.utc)
+    response = app.get("/read")
+    assert response.json["data"] == {"count": 1}
+    assert sid_in(response) == sid and "Max-Age=3600" in set_cookies(response)[0]
+    stored = middleware.store.load(sid)
+    assert stored is not None
+    # A whole lifetime from this request (less a second: MariaDB keeps whole seconds).
+    assert stored.expires >= before + dt.timedelta(seconds=3599), stored.expires - before
+    assert json.loads(stored.text)["count"] == 1, "a touch changes only the expiry"
+
+
+def test_a_failed_save_sticks_even_when_the_app_retries_with_a_session_that_would_save(
+    make_app: MakeApp,
+) -> None:
+    # The app catches the failed save, shrinks the session until it would save,
+    # and answers again: neither the retried save nor the success page may happen.
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        session = environ["dbsession"]
+        for note in ("x" * 5000, "small enough"):  # more than max_size, then less
+            session["note"] = note
+            try:
+                start_response("200 OK", [("Content-Type", "text/plain")])
+            except Exception:
+                continue
+        return [b"saved!"]
+
+    client, middleware = make_app(session_app, max_size=1000)
+    sid = sid_in(client.get("/set", params={"key": "note", "value": json.dumps("before")}))
+    before = middleware.store.load(sid)
+    middleware.app = app
+    environ: dict[str, Any] = {"HTTP_COOKIE": f"connect.sid={client.cookies['connect.sid']}"}
+    setup_testing_defaults(environ)
+    started: list[str] = []
+
+    def start_response(status: str, _headers: Any, _exc_info: Any = None) -> Any:
+        started.append(status)
+        return lambda _data: None
+
+    body = b"".join(middleware(environ, start_response))
+    assert started == ["500 Internal Server Error"], "one answer, the error"
+    assert body == b"The session could not be saved.\n"
+    assert middleware.store.load(sid) == before, "the retried save did not write"

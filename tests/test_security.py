@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import ast
 import hmac
+import importlib.util
 import json
 import logging
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,69 @@ def test_a_planted_id_is_never_adopted_even_when_validly_signed(make_app: MakeAp
     assert issued != planted
     assert middleware.store.load(planted) is None, "nothing was ever stored under the planted id"
     assert middleware.store.get(issued)["user"] == "victim"  # type: ignore[index]
+
+
+def test_a_validly_signed_id_with_no_row_is_not_adopted_by_a_write_without_regenerate(
+    make_app: MakeApp,
+) -> None:
+    # The app never calls regenerate(): only the middleware stands between the
+    # planted id and the row the app's write creates.
+    app, middleware = make_app(session_app)
+    planted = generate_sid()
+    app.set_cookie("connect.sid", encode_value(sign(planted, SECRET)))
+    response = app.get("/incr")
+    issued = sid_in(response)
+    assert issued != planted
+    assert middleware.store.load(planted) is None, "nothing was stored under the planted id"
+    assert middleware.store.get(issued)["count"] == 1  # type: ignore[index]
+    assert middleware.store.count() == 1
+
+
+def privileged_app(environ: dict[str, Any], start_response: Any) -> Any:
+    """``session_app``, plus the login and logout flows that call regenerate() twice or with invalidate()."""
+    session = environ["dbsession"]
+    if environ["PATH_INFO"] == "/login-twice":  # e.g. a login, then a sudo step, in one request
+        session.regenerate()
+        session["user"] = "victim"
+        session.regenerate()
+        session["sudo"] = True
+    elif environ["PATH_INFO"] == "/login-then-logout":  # e.g. a login refused after regenerate()
+        session.regenerate()
+        session["user"] = "victim"
+        session.invalidate()
+    else:
+        return session_app(environ, start_response)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"done"]
+
+
+def test_regenerating_twice_in_one_request_still_retires_the_id_known_before_login(
+    make_app: MakeApp,
+) -> None:
+    app, middleware = make_app(privileged_app)
+    before_login = sid_in(app.get("/incr"))
+    attacker = webtest.TestApp(middleware)
+    attacker.set_cookie("connect.sid", app.cookies["connect.sid"])
+    after_login = sid_in(app.get("/login-twice"))
+    assert after_login != before_login
+    assert middleware.store.load(before_login) is None
+    assert attacker.get("/read").json["data"] == {}, "the old id opens nothing"
+    assert app.get("/read").json["data"] == {"count": 1, "user": "victim", "sudo": True}
+    assert middleware.store.count() == 1
+
+
+def test_logout_right_after_regenerate_in_one_request_deletes_the_id_known_before_login(
+    make_app: MakeApp,
+) -> None:
+    app, middleware = make_app(privileged_app)
+    before_login = sid_in(app.get("/incr"))
+    attacker = webtest.TestApp(middleware)
+    attacker.set_cookie("connect.sid", app.cookies["connect.sid"])
+    (header,) = app.get("/login-then-logout").headers.getall("Set-Cookie")
+    assert header.startswith("connect.sid=;") and "Max-Age=0" in header
+    assert middleware.store.load(before_login) is None
+    assert attacker.get("/read").json["data"] == {}, "the old id opens nothing"
+    assert middleware.store.count() == 0
 
 
 def test_login_regenerates_so_an_id_known_before_login_is_worthless(make_app: MakeApp) -> None:
@@ -285,3 +350,84 @@ def test_every_test_named_in_the_docs_exists(page: str) -> None:
         if not re.search(rf"^def {name}\(", (ROOT / module).read_text(), re.MULTILINE)
     ]
     assert missing == [], f"docs/{page} names tests that do not exist"
+
+
+# Where a planted bug is known to break a guarantee (mutation/planted.py), the
+# guarantee's row must name the test that fails with that bug: a row that names
+# only tests passing beside the bug (the fixation row once named a test whose
+# login regenerate() hid adoption) promises more than the suite checks.
+CATCHING_TESTS = [
+    (
+        "security.md",
+        "No id the server did not issue is ever adopted",
+        "tests/test_security.py::test_a_validly_signed_id_with_no_row_is_not_adopted_by_a_write_without_regenerate",
+    ),
+    (
+        "security.md",
+        "`regenerate()` at login makes an id known before login worthless",
+        "tests/test_security.py::test_regenerating_twice_in_one_request_still_retires_the_id_known_before_login",
+    ),
+    (
+        "security.md",
+        "`regenerate()` at login makes an id known before login worthless",
+        "tests/test_security.py::test_logout_right_after_regenerate_in_one_request_deletes_the_id_known_before_login",
+    ),
+    (
+        "reliability.md",
+        "A key removed by one request and another set by the other",
+        "tests/test_concurrency.py::test_a_key_deleted_by_the_request_that_saves_last_stays_deleted",
+    ),
+    (
+        "reliability.md",
+        "An app that swallows a failed save never gets its success page out",
+        "tests/test_faults.py::test_app_that_swallows_a_failed_save_never_gets_its_success_page_out",
+    ),
+    (
+        "reliability.md",
+        "An app that swallows a failed save never gets its success page out",
+        "tests/test_middleware.py::test_a_failed_save_sticks_even_when_the_app_retries_with_a_session_that_would_save",
+    ),
+]
+
+
+def guarantee_rows(page: str) -> dict[str, set[str]]:
+    """The rows of a page's guarantees table: the guarantee's text, the tests it names."""
+    rows = {}
+    for line in (ROOT / "docs" / page).read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split(" | ")]
+        if line.startswith("| ") and len(cells) == 2:
+            rows[cells[0]] = {f"{m}::{n}" for m, n in re.findall(r"`(tests/\w+\.py)::(\w+)`", cells[1])}
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("page", "guarantee", "test"),
+    CATCHING_TESTS,
+    ids=[test.rpartition("::")[2] for _, _, test in CATCHING_TESTS],
+)
+def test_a_guarantee_names_the_test_that_catches_its_planted_bug(
+    page: str, guarantee: str, test: str
+) -> None:
+    rows = [tests for text, tests in guarantee_rows(page).items() if text.startswith(guarantee)]
+    assert len(rows) == 1, f"docs/{page} has no single row for {guarantee!r}"
+    assert test in rows[0], f"docs/{page}: the row {guarantee!r} does not name {test}"
+
+
+def test_every_planted_bug_and_its_tests_are_in_the_docs() -> None:
+    script = ROOT / "mutation" / "planted.py"
+    if not script.exists() and not (ROOT / ".git").exists():
+        pytest.skip("an sdist does not carry mutation/, the maintainers' tools")
+    spec = importlib.util.spec_from_file_location("planted", script)
+    assert spec is not None and spec.loader is not None
+    planted = importlib.util.module_from_spec(spec)
+    sys.modules["planted"] = planted  # its dataclasses look their module up
+    try:
+        spec.loader.exec_module(planted)
+    finally:
+        del sys.modules["planted"]
+    page = (ROOT / "docs" / "reliability.md").read_text()
+    named = set(re.findall(r"`(tests/\w+\.py::\w+)`", page))
+    for bug in planted.PLANTED:
+        assert f"`{bug.name}`" in page, f"docs/reliability.md does not list the planted bug {bug.name}"
+        for node in bug.tests:
+            assert node.partition("[")[0] in named, f"docs/reliability.md does not name {node}"
