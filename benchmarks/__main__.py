@@ -1,7 +1,9 @@
 """``python -m benchmarks``: run every benchmark and print its tables (Markdown).
 
 ``--quick`` runs each once with tiny counts (seconds, for a smoke test; its
-numbers mean nothing). The default run takes several minutes on 2 cores.
+numbers mean nothing). The default run takes several minutes on 2 cores and
+redraws docs/benchmarks.svg from the per-request results (with matplotlib
+installed; without it, it says so and skips the chart).
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from . import load, request_cost, table_size
+from . import chart, load, request_cost, table_size
 from .common import BACKENDS, database_url
 
 SECTIONS = ("request", "rows", "load", "prune")
 PRUNE_SCRIPT = Path(__file__).with_name("prune_latency.py")
+CHART = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.svg"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,14 +35,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument("--rounds", type=int, help="interleaved rounds per measurement (default 25)")
     parser.add_argument("--big-rows", type=int, help="rows in the large table (default 1,000,000)")
-    parser.add_argument("--load-seconds", type=float, help="length of one load run (default 5)")
+    parser.add_argument("--load-seconds", type=float, help="length of one load run (default 3)")
+    parser.add_argument("--load-rounds", type=int, help="alternating load runs per app (default 5)")
+    parser.add_argument(
+        "--chart",
+        type=Path,
+        nargs="+",
+        help="where to draw the per-request chart, .svg or .png, one or more files "
+        "(default docs/benchmarks.svg; with --quick, none unless given)",
+    )
+    parser.add_argument("--no-chart", action="store_true", help="draw no chart")
     args = parser.parse_args(argv)
+    charts = [] if args.no_chart else args.chart or ([] if args.quick else [CHART])
     quick = args.quick
     rounds = args.rounds or (2 if quick else 25)
     batch_seconds = 0.002 if quick else 0.05
     big_rows = args.big_rows or (200 if quick else 1_000_000)
     small_rows = 20 if quick else 1_000
-    load_seconds = args.load_seconds or (0.3 if quick else 5.0)
+    load_seconds = args.load_seconds or (0.3 if quick else 3.0)
+    load_rounds = args.load_rounds or (1 if quick else 5)
 
     with tempfile.TemporaryDirectory(prefix="wsgi_dbsession-bench-") as tmp:
         workdir = Path(tmp)
@@ -52,8 +66,14 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 print(f"\n### Per-request cost: {backend} (median µs over {rounds} interleaved rounds)\n")
                 print(request_cost.render(results[-1]))
+            print(f"\n### Summary (median µs over {rounds} interleaved rounds)\n")
+            print(request_cost.render_summary(results))
+            print(f"\n### CPU time of the benchmark process (median µs over {rounds} interleaved rounds)\n")
+            print(request_cost.render_cpu(results))
             print("\n### Targets\n")
             print(request_cost.render_targets(results))
+            for chart_path in charts:
+                print(f"\n({chart.draw(results, chart_path)})")
         if "rows" in args.only:
             sizes = [
                 table_size.measure(
@@ -70,11 +90,13 @@ def main(argv: list[str] | None = None) -> int:
             print(table_size.render(sizes))
         if "load" in args.only:
             loads = [
-                load.measure(backend, workdir, concurrency=4, seconds=load_seconds, rounds=1 if quick else 3)
+                load.measure(backend, workdir, concurrency=4, seconds=load_seconds, rounds=load_rounds)
                 for backend in args.databases
             ]
             print("\n### Session-writing endpoint under gunicorn (2 workers, 4 clients on loopback)\n")
             print(load.render(loads))
+            print("\n### Load targets\n")
+            print(load.render_targets(loads))
         if "prune" in args.only and not quick:
             print("\n### Pruning\n")
             if PRUNE_SCRIPT.exists():
@@ -96,7 +118,7 @@ def machine(backends: list[str], workdir: Path) -> str:
                 break
     packages = ", ".join(
         f"{name} {importlib.metadata.version(name)}"
-        for name in ("SQLAlchemy", "psycopg", "PyMySQL", "Beaker", "gunicorn", "WebOb")
+        for name in ("SQLAlchemy", "psycopg", "PyMySQL", "Beaker", "Django", "gunicorn", "WebOb")
     )
     lines = [
         "## Machine",

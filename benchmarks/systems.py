@@ -5,32 +5,43 @@
 - ``/write``: reads ``count`` and writes ``count + 1`` (a read and a write);
 - ``/new``: the same write without a cookie, so a new session is stored.
 
-The systems: the bare app (no session at all), the floor (the same
-statements sent straight through the driver by an app that parses its cookie
-itself), Beaker's SessionMiddleware with its ``ext:database`` backend, and
-wsgi_dbsession.
+The systems: the bare app (no session at all); **raw**, the statements
+wsgi_dbsession sends, straight through the driver, by an app that parses an
+unsigned cookie itself (the floor: no session layer at all); **min**, the
+least a correct session middleware does by hand on the same driver
+connections (signed cookie, expiry in SQL, JSON, upsert, Set-Cookie);
+Beaker's SessionMiddleware with its ``ext:database`` backend; Django's
+database sessions (``benchmarks/django_sessions.py``); and wsgi_dbsession.
+
+raw and min format their timestamps and parse their cookies here, without
+wsgi_dbsession's helpers, so a change to the package cannot move them.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
+import hmac
+import io
 import json
 import secrets
 import sqlite3
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 import sqlalchemy as sa
 
 from wsgi_dbsession import SessionMiddleware, SessionStore
-from wsgi_dbsession.dialects import UTC, to_iso_z
 
 from .common import SECRET
 
 PATHS = {"unused": "/unused", "read": "/read", "write": "/write", "new": "/new"}
-FLOOR_COOKIE = "bench.sid"
-# What express-session keeps next to the app's data, so the floor's rows are
+RAW_COOKIE = "bench.sid"
+# What express-session keeps next to the app's data, so the raw rows are
 # the size of wsgi_dbsession's.
 _COOKIE_META = {
     "originalMaxAge": 86400000,
@@ -40,6 +51,7 @@ _COOKIE_META = {
     "sameSite": "lax",
 }
 LIFETIME = dt.timedelta(days=1)
+UTC = dt.timezone.utc
 
 App = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -78,15 +90,36 @@ def session_app(environ_key: str, *, explicit_save: bool = False) -> App:
     return app
 
 
-class Floor:
-    """The least a database session can cost: the statements wsgi_dbsession sends, through the driver.
+def iso_z(value: dt.datetime) -> str:
+    """JavaScript's ``Date.toISOString()`` of an aware UTC datetime (how SQLite rows store expiry)."""
+    return f"{value:%Y-%m-%dT%H:%M:%S}.{value.microsecond // 1000:03d}Z"
+
+
+def db_timestamp(backend: str, value: dt.datetime) -> Any:
+    """An aware UTC datetime as the driver takes it for the ``expired`` column."""
+    if backend == "sqlite":
+        return iso_z(value)
+    if backend == "mariadb":
+        return value.replace(tzinfo=None, microsecond=0)
+    return value
+
+
+def _upsert_sql(backend: str, table: str, mark: str) -> str:
+    insert = f"INSERT INTO {table} (sid, sess, expired) VALUES ({mark}, {mark}, {mark})"
+    if backend == "mariadb":
+        return f"{insert} ON DUPLICATE KEY UPDATE sess = VALUES(sess), expired = VALUES(expired)"
+    return f"{insert} ON CONFLICT (sid) DO UPDATE SET sess = excluded.sess, expired = excluded.expired"
+
+
+class Raw:
+    """The floor: the statements wsgi_dbsession sends, straight through the driver, and nothing else.
 
     The same SELECT by primary key (expiry checked in SQL), the same
     compare-and-set UPDATE for a changed session and the same upsert for a
     new one, on one autocommit connection: psycopg 3 with prepared
     statements, PyMySQL, or sqlite3 in WAL mode. The cookie holds the bare
-    session id (no signature), so the floor does strictly less than any
-    real session middleware.
+    session id (no signature), so raw does strictly less than any real
+    session middleware.
     """
 
     def __init__(self, backend: str, url: sa.URL, table: str) -> None:
@@ -100,13 +133,7 @@ class Floor:
         self._replace = (
             f"UPDATE {table} SET sess = {mark}, expired = {mark} WHERE sid = {mark} AND {sess} = {mark}"
         )
-        insert = f"INSERT INTO {table} (sid, sess, expired) VALUES ({mark}, {mark}, {mark})"
-        if backend == "mariadb":
-            self._upsert = f"{insert} ON DUPLICATE KEY UPDATE sess = VALUES(sess), expired = VALUES(expired)"
-        else:
-            self._upsert = (
-                f"{insert} ON CONFLICT (sid) DO UPDATE SET sess = excluded.sess, expired = excluded.expired"
-            )
+        self._upsert = _upsert_sql(backend, table, mark)
 
     def _execute(self, sql: str, params: tuple[Any, ...]) -> Any:
         self.statements += 1
@@ -114,20 +141,13 @@ class Floor:
             return self._cursor.execute(sql, params, prepare=True)
         return self._cursor.execute(sql, params)
 
-    def _timestamp(self, value: dt.datetime) -> Any:
-        if self.backend == "sqlite":
-            return to_iso_z(value)
-        if self.backend == "mariadb":
-            return value.replace(tzinfo=None, microsecond=0)
-        return value
-
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ["PATH_INFO"]
         headers = _headers()
         if path in ("/read", "/write"):
-            sid = _floor_sid(environ.get("HTTP_COOKIE"))
+            sid = _raw_sid(environ.get("HTTP_COOKIE"))
             now = dt.datetime.now(UTC)
-            self._execute(self._select, (sid, self._timestamp(now)))
+            self._execute(self._select, (sid, db_timestamp(self.backend, now)))
             row = self._cursor.fetchone()
             if row is not None:
                 data = json.loads(row[0])
@@ -135,12 +155,14 @@ class Floor:
                 if path == "/write":
                     data["count"] = count + 1
                     text = json.dumps(data, separators=(",", ":"))
-                    self._execute(self._replace, (text, self._timestamp(now + LIFETIME), sid, row[0]))
+                    expires = db_timestamp(self.backend, now + LIFETIME)
+                    self._execute(self._replace, (text, expires, sid, row[0]))
         elif path == "/new":
             sid = secrets.token_urlsafe(24)
             text = json.dumps({"cookie": _COOKIE_META, "count": 1}, separators=(",", ":"))
-            self._execute(self._upsert, (sid, text, self._timestamp(dt.datetime.now(UTC) + LIFETIME)))
-            headers.append(("Set-Cookie", f"{FLOOR_COOKIE}={sid}; Path=/; HttpOnly; SameSite=Lax"))
+            expires = db_timestamp(self.backend, dt.datetime.now(UTC) + LIFETIME)
+            self._execute(self._upsert, (sid, text, expires))
+            headers.append(("Set-Cookie", f"{RAW_COOKIE}={sid}; Path=/; HttpOnly; SameSite=Lax"))
         start_response("200 OK", headers)
         return [b"ok"]
 
@@ -148,14 +170,111 @@ class Floor:
         self.connection.close()
 
 
-def _floor_sid(cookie_header: str | None) -> str | None:
+def _raw_sid(cookie_header: str | None) -> str | None:
     if not cookie_header:
         return None
     for part in cookie_header.split(";"):
         name, _, value = part.strip().partition("=")
-        if name == FLOOR_COOKIE:
+        if name == RAW_COOKIE:
             return value
     return None
+
+
+# --- min: the least a correct session middleware does, written by hand -----------------------
+MIN_KEY = "min.session"  # where Min puts the session in the environ
+MIN_COOKIE = "connect.sid"
+MAX_AGE = 86400  # seconds
+
+
+class MinSession(dict[str, Any]):
+    """The session dict; assigning or deleting a key marks it changed (nested changes are not seen)."""
+
+    changed = False
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.changed = True
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self.changed = True
+        super().__delitem__(key)
+
+
+class Min:
+    """A hand-written session middleware: what a correct one cannot do without, on raw's connection.
+
+    Verifies express-session's signed cookie (``s:<sid>.<HMAC-SHA256>``,
+    URL-encoded), SELECTs the live row with the expiry checked in SQL and
+    ``json.loads`` it; after a change, ``json.dumps`` with express-session's
+    cookie object, one upsert and a signed ``Set-Cookie`` with Max-Age and
+    Expires. No laziness, no compare-and-set, no nested-change detection, no
+    rolling expiry, no error handling: the reference a general middleware is
+    measured against, not a product.
+    """
+
+    def __init__(self, backend: str, url: sa.URL, table: str, app: App | None = None) -> None:
+        self.backend, self.app, self.statements = backend, app or session_app(MIN_KEY), 0
+        self.connection = connect(backend, url)
+        self._cursor = self.connection.cursor()
+        self._key = SECRET.encode()
+        mark = "?" if backend == "sqlite" else "%s"
+        sess = "sess::text" if backend == "postgresql" else "sess"
+        self._select = f"SELECT {sess} FROM {table} WHERE sid = {mark} AND expired >= {mark}"
+        self._upsert = _upsert_sql(backend, table, mark)
+
+    def _execute(self, sql: str, params: tuple[Any, ...]) -> None:
+        self.statements += 1
+        if self.backend == "postgresql":
+            self._cursor.execute(sql, params, prepare=True)
+        else:
+            self._cursor.execute(sql, params)
+
+    def _signature(self, sid: str) -> str:
+        digest = hmac.new(self._key, sid.encode(), hashlib.sha256).digest()
+        return base64.b64encode(digest).decode().rstrip("=")
+
+    def _verified_sid(self, cookie_header: str | None) -> str | None:
+        for part in (cookie_header or "").split(";"):
+            name, _, value = part.strip().partition("=")
+            if name == MIN_COOKIE and (value := unquote(value)).startswith("s:"):
+                sid, _, signature = value[2:].rpartition(".")
+                if sid and hmac.compare_digest(self._signature(sid), signature):
+                    return sid
+        return None
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        now = dt.datetime.now(UTC)
+        sid = self._verified_sid(environ.get("HTTP_COOKIE"))
+        row = None
+        if sid is not None:
+            self._execute(self._select, (sid, db_timestamp(self.backend, now)))
+            row = self._cursor.fetchone()
+        session = environ[MIN_KEY] = MinSession(json.loads(row[0]) if row else {})
+        sid = sid if row else None
+
+        def save_then_start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            if session.changed:
+                new_sid = sid or secrets.token_urlsafe(24)
+                expires = now + LIFETIME
+                cookie = {**_COOKIE_META, "expires": iso_z(expires)}
+                text = json.dumps({**session, "cookie": cookie}, separators=(",", ":"))
+                self._execute(self._upsert, (new_sid, text, db_timestamp(self.backend, expires)))
+                value = quote(f"s:{new_sid}.{self._signature(new_sid)}", safe="-_.!~*'()")
+                http_date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", expires.timetuple())
+                headers = [
+                    *headers,
+                    (
+                        "Set-Cookie",
+                        f"{MIN_COOKIE}={value}; Max-Age={MAX_AGE}; Path=/; Expires={http_date}; "
+                        "HttpOnly; SameSite=Lax",
+                    ),
+                ]
+            return start_response(status, headers, exc_info)
+
+        return self.app(environ, save_then_start)
+
+    def close(self) -> None:
+        self.connection.close()
 
 
 def connect(backend: str, url: sa.URL) -> Any:
@@ -240,6 +359,9 @@ def dispose_beaker(url: sa.URL) -> None:
         del tables[table_key]
 
 
+_NO_BODY = io.BytesIO()  # every request is a GET without a body (Django's request wants a stream)
+
+
 def call(app: App, path: str, cookie: str | None = None) -> list[tuple[str, str]]:
     """One request, the way a WSGI server makes it; returns the response headers."""
     environ: dict[str, Any] = {
@@ -248,6 +370,7 @@ def call(app: App, path: str, cookie: str | None = None) -> list[tuple[str, str]
         "SERVER_NAME": "bench",
         "SERVER_PORT": "80",
         "wsgi.url_scheme": "http",
+        "wsgi.input": _NO_BODY,
     }
     if cookie is not None:
         environ["HTTP_COOKIE"] = cookie

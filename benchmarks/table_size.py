@@ -3,7 +3,7 @@
 Two tables of live sessions with random-looking ids (md5 hex, as spread over
 the primary key as real ids), bulk-loaded in one statement each; every
 request reads a different session, picked at random, through wsgi_dbsession
-and through the floor. The tables are dropped afterwards.
+and through raw (the statements alone, see systems.py). The tables are dropped afterwards.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import sqlalchemy as sa
 
 from wsgi_dbsession import SessionMiddleware, sign
 from wsgi_dbsession.cookies import encode_value
-from wsgi_dbsession.dialects import UTC, to_iso_z
 
 from . import systems
 from .common import (
@@ -71,7 +70,7 @@ def bulk_load(backend: str, url: sa.URL, table: str, rows: int) -> None:
             cursor.execute(f"ANALYZE TABLE {table}")
             cursor.fetchall()
         else:
-            expires = to_iso_z(dt.datetime.now(UTC) + dt.timedelta(days=1))
+            expires = systems.iso_z(dt.datetime.now(systems.UTC) + dt.timedelta(days=1))
             cursor.execute("BEGIN")
             cursor.executemany(
                 f"INSERT INTO {table} (sid, sess, expired) VALUES (?, ?, ?)",
@@ -105,7 +104,7 @@ def measure(
 ) -> SizeResult:
     url = database_url(backend, workdir)
     tables = {rows: unique_table_name(f"bench_rows{rows}") for rows in (small, big)}
-    opened: list[SessionMiddleware | systems.Floor] = []
+    opened: list[SessionMiddleware | systems.Raw] = []
     try:
         runs: dict[tuple[str, int], Callable[[], object]] = {}
         for rows, table in tables.items():
@@ -113,11 +112,11 @@ def measure(
             bulk_load(backend, url, table, rows)
             picked = [sid_of(random.randint(1, rows)) for _ in range(SAMPLE)]
             ours = systems.ours(url, table)
-            floor = systems.Floor(backend, url, table)
-            opened += [ours, floor]
+            raw = systems.Raw(backend, url, table)
+            opened += [ours, raw]
             signed = [f"connect.sid={encode_value(sign(sid, SECRET))}" for sid in picked]
             runs[("wsgi_dbsession", rows)] = _cycling_reads(ours, signed)
-            runs[("floor", rows)] = _cycling_reads(floor, [f"{systems.FLOOR_COOKIE}={sid}" for sid in picked])
+            runs[("raw", rows)] = _cycling_reads(raw, [f"{systems.RAW_COOKIE}={sid}" for sid in picked])
         samples = interleave(runs, rounds=rounds, batch_seconds=batch_seconds)
     finally:
         for system in opened:
@@ -129,7 +128,7 @@ def measure(
 def render(results: list[SizeResult]) -> str:
     rows = []
     for result in results:
-        for system in ("floor", "wsgi_dbsession"):
+        for system in ("raw", "wsgi_dbsession"):
             rows.append(
                 [
                     result.backend,
