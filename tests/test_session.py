@@ -194,3 +194,130 @@ def test_an_app_that_calls_save_itself_still_gets_its_cookie(make_app: MakeApp) 
     assert middleware.store.get(sid)["n"] == 1
     assert app.get("/").json == 2
     assert middleware.store.get(sid)["n"] == 2
+
+
+# -- the stored record, and the parts of the API only the app's own code reaches -------------
+
+
+def stored_record(middleware: Any, sid: str) -> dict[str, Any]:
+    stored = middleware.store.load(sid)
+    assert stored is not None
+    return dict(json.loads(stored.text))
+
+
+def plant_row(middleware: Any, app: webtest.TestApp, record: Any) -> str:
+    """A live row written by another app (``record``: its JSON, or its exact text); the client has its id."""
+    sid = generate_sid()
+    expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
+    text = record if isinstance(record, str) else json.dumps(record)
+    middleware.store.write(sid, text, expires)
+    app.set_cookie("connect.sid", encode_value(sign(sid, SECRET)))
+    return sid
+
+
+def test_in_tells_which_keys_the_session_has(make_app: MakeApp) -> None:
+    app, _ = make_app(app_doing(lambda s: ["n" in s, "other" in s, s.setdefault("n", 1)]))
+    assert app.get("/").json == [False, False, 1]
+    assert app.get("/").json == [True, False, 1]
+
+
+def test_flash_keeps_a_repeated_message_unless_told_not_to(make_app: MakeApp) -> None:
+    def action(session: Any) -> Any:
+        session.flash("saved")
+        session.flash("saved")
+        session.flash("careful", queue="warn", allow_duplicate=False)
+        session.flash("careful", queue="warn", allow_duplicate=False)
+        return None
+
+    app, middleware = make_app(app_doing(action))
+    record = stored_record(middleware, sid_in(app.get("/")))
+    assert (record["_f_"], record["_f_warn"]) == (["saved", "saved"], ["careful"])
+
+
+def test_set_expiry_takes_one_second_or_more_or_none(make_app: MakeApp) -> None:
+    def action(session: Any) -> Any:
+        refused = []
+        for seconds in (0, -5):
+            with pytest.raises(ValueError, match="positive") as caught:
+                session.set_expiry(seconds)
+            refused.append(caught.type.__name__)
+        session.set_expiry(1)
+        session["n"] = 1  # an empty new session is not stored
+        return [refused, session.get_expiry()]
+
+    app, _ = make_app(app_doing(action))
+    response = app.get("/")
+    assert response.json == [["ValueError", "ValueError"], 1]
+    assert "Max-Age=1" in set_cookies(response)[0]
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '"a string"', "null"], ids=["list", "string", "null"])
+def test_a_row_that_is_not_a_json_object_gives_a_fresh_session(
+    make_app: MakeApp, text: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    app, middleware = make_app(app_doing(lambda s: [s.new, dict(s)]))
+    sid = plant_row(middleware, app, text)
+    body = app.get("/").json
+    assert body == [True, {}]
+    assert "could not be decoded" in caplog.text
+    assert sid not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "cookie",
+    [None, {"path": "/"}, {"originalMaxAge": 0, "path": "/"}, {"originalMaxAge": "1 hour", "path": "/"}],
+    ids=["no-cookie-object", "no-original-max-age", "zero", "not-a-number"],
+)
+def test_a_row_without_a_usable_lifetime_gets_the_configured_one(
+    make_app: MakeApp, cookie: dict[str, Any] | None
+) -> None:
+    app, middleware = make_app(app_doing(lambda s: s.update(n=s["n"] + 1)), max_age=7200)
+    sid = plant_row(middleware, app, {"n": 1} if cookie is None else {"cookie": cookie, "n": 1})
+    response = app.get("/")
+    assert "Max-Age=7200" in set_cookies(response)[0]
+    record = stored_record(middleware, sid)
+    assert record["n"] == 2 and record["cookie"]["originalMaxAge"] == 7_200_000
+
+
+@pytest.mark.parametrize(("original_max_age", "max_age"), [(500, 1), (1999, 1), (2000, 2)])
+def test_a_row_s_lifetime_in_milliseconds_is_rounded_down_to_whole_seconds_at_least_one(
+    make_app: MakeApp, original_max_age: int, max_age: int
+) -> None:
+    app, middleware = make_app(app_doing(lambda s: s.update(n=s["n"] + 1)))
+    plant_row(middleware, app, {"cookie": {"originalMaxAge": original_max_age, "path": "/"}, "n": 1})
+    assert f"Max-Age={max_age};" in set_cookies(app.get("/"))[0] + ";"
+
+
+def test_the_stored_cookie_object_records_the_cookie_settings_as_express_session_does(
+    make_app: MakeApp,
+) -> None:
+    app, middleware = make_app(app_doing(lambda s: s.update(n=1)), domain="example.com", samesite="strict")
+    sid = sid_in(app.get("/"))
+    cookie = stored_record(middleware, sid)["cookie"]
+    assert list(cookie) == ["originalMaxAge", "expires", "httpOnly", "domain", "path", "sameSite"]
+    assert cookie["originalMaxAge"] == 86_400_000 and cookie["httpOnly"] is True
+    expires = dt.datetime.fromisoformat(cookie["expires"].replace("Z", "+00:00"))
+    stored = middleware.store.load(sid)
+    assert stored is not None and abs(expires - stored.expires) < dt.timedelta(seconds=1)
+    assert (cookie["domain"], cookie["path"], cookie["sameSite"]) == ("example.com", "/", "strict")
+    app.reset()
+    secure = sid_in(app.get("/", extra_environ={"wsgi.url_scheme": "https"}))
+    cookie = stored_record(middleware, secure)["cookie"]
+    assert list(cookie) == ["originalMaxAge", "expires", "secure", "httpOnly", "domain", "path", "sameSite"]
+    assert cookie["secure"] is True
+
+    bare, middleware = make_app(app_doing(lambda s: s.update(n=1)), httponly=False, samesite=None)
+    cookie = stored_record(middleware, sid_in(bare.get("/")))["cookie"]
+    assert list(cookie) == ["originalMaxAge", "expires", "httpOnly", "path"]
+    assert cookie["httpOnly"] is False
+
+
+def test_cookie_fields_only_express_session_writes_are_kept_by_a_python_write(make_app: MakeApp) -> None:
+    app, middleware = make_app(app_doing(lambda s: s.update(n=s["n"] + 1)))
+    node_cookie = {"originalMaxAge": 3_600_000, "priority": "high", "partitioned": True, "path": "/"}
+    sid = plant_row(middleware, app, {"cookie": node_cookie, "n": 1})
+    assert "Max-Age=3600" in set_cookies(app.get("/"))[0]
+    record = stored_record(middleware, sid)
+    assert record["n"] == 2
+    assert record["cookie"]["priority"] == "high" and record["cookie"]["partitioned"] is True
+    assert record["cookie"]["originalMaxAge"] == 3_600_000
