@@ -81,15 +81,15 @@ def table_name() -> str:
 
 
 class StatementLog:
-    """The SQL statements an engine sent, as SQLAlchemy's cursor events see them."""
+    """The request-path statements a store sent, on whichever path it runs them.
 
-    def __init__(self, engine: sa.Engine) -> None:
+    The store's own statement hook sees the driver-cursor path and the Core
+    path alike, so counting never changes the path that is counted.
+    """
+
+    def __init__(self, store: SessionStore) -> None:
         self.statements: list[str] = []
-        self.engine = engine
-        sa.event.listen(engine, "before_cursor_execute", self._record)
-
-    def _record(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        self.statements.append(statement)
+        self._stop = store.on_statement(lambda sql, _parameters: self.statements.append(sql))
 
     def clear(self) -> None:
         self.statements.clear()
@@ -98,17 +98,25 @@ class StatementLog:
         return len(self.statements)
 
     def remove(self) -> None:
-        sa.event.remove(self.engine, "before_cursor_execute", self._record)
+        self._stop()
+
+
+@pytest.fixture(params=["driver-cursor", "core"])
+def statement_path(request: pytest.FixtureRequest) -> str:
+    """Both paths a hot statement takes in production: the DBAPI cursor and SQLAlchemy Core."""
+    return str(request.param)
 
 
 @pytest.fixture
-def make_store(db_url: str, table_name: str) -> Iterator[Callable[..., SessionStore]]:
-    """Build stores on this test's table; the table is dropped afterwards."""
+def make_store(db_url: str, table_name: str, statement_path: str) -> Iterator[Callable[..., SessionStore]]:
+    """Build stores on this test's table, on each statement path; the table is dropped afterwards."""
     stores: list[SessionStore] = []
 
     def make(**options: Any) -> SessionStore:
         options.setdefault("table_name", table_name)
         store = SessionStore(url=db_url, **options)
+        if statement_path == "core":
+            store.runner.driver_cursor = False
         stores.append(store)
         return store
 

@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from wsgi_dbsession import SessionStore, create_engine
-from wsgi_dbsession.dialects import UTC
+from wsgi_dbsession.express import UTC
 
 UPSERT_THREADS = 10
 UPSERTS_PER_THREAD = 50

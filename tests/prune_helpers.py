@@ -8,7 +8,7 @@ import json
 import sqlalchemy as sa
 
 from wsgi_dbsession import SessionStore, generate_sid
-from wsgi_dbsession.dialects import to_iso_z
+from wsgi_dbsession.express import to_iso_z
 from wsgi_dbsession.store import utcnow
 
 DAY = dt.timedelta(days=1)

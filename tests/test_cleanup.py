@@ -24,8 +24,8 @@ import webtest
 from conftest import SECRET, StatementLog
 from tests.apps import session_app
 from tests.prune_helpers import connection_id, live_rows, seed
-from wsgi_dbsession import SessionMiddleware, SessionStore
-from wsgi_dbsession.cleanup import PruneScheduler, open_prune_lock, prune_once
+from wsgi_dbsession import Options, SessionMiddleware, SessionStore
+from wsgi_dbsession.prune import PruneLease, PruneScheduler, prune_once
 from wsgi_dbsession.store import SessionStats, utcnow
 
 MakeStore = Callable[..., SessionStore]
@@ -82,7 +82,7 @@ def scheduler(store: SessionStore) -> Iterator[PruneScheduler]:
 def test_prune_deletes_expired_rows_in_batches_each_committed(make_store: MakeStore) -> None:
     store = make_store()
     live = seed(store, expired=2500, live=20)
-    log = StatementLog(store.engine)
+    log = StatementLog(store)
     batches = store.prune_batches(batch_size=1000)
     assert next(batches) == 1000
     # Another connection already sees the first batch gone: it was committed alone.
@@ -107,87 +107,60 @@ def test_prune_refuses_a_batch_size_below_one(make_store: MakeStore) -> None:
     store = make_store()
     with pytest.raises(ValueError, match="at least 1"):
         store.prune(batch_size=0)
-    with pytest.raises(ValueError, match="at least 1"):
-        PruneScheduler(store, interval=60, batch_size=0)
-    with pytest.raises(ValueError, match="positive"):
-        PruneScheduler(store, interval=0)
+    # The middleware's options are checked once, where they are declared.
+    with pytest.raises(ValueError, match="cleanup_batch_size must be a positive number of rows"):
+        Options(secret=SECRET, cleanup_batch_size=0)
+    with pytest.raises(ValueError, match="cleanup_interval must be 0"):
+        Options(secret=SECRET, cleanup_interval=-1)
 
 
-# -- the prune lock -------------------------------------------------------------
+# -- the prune lease -------------------------------------------------------------
 
 
-def test_one_holder_of_the_prune_lock_at_a_time(make_store: MakeStore, backend: str) -> None:
-    # Two stores, two engines: two database sessions, as two processes would have.
+def test_one_holder_of_the_prune_lease_at_a_time(make_store: MakeStore) -> None:
+    # Two stores, two engines: two pools, as two processes would have.
     first, second = make_store(), make_store()
     seed(first, expired=5, live=0)
-    mine, theirs = open_prune_lock(first), open_prune_lock(second)
+    mine, theirs = PruneLease(first), PruneLease(second)
+    theirs._pid, theirs._holder = os.getpid(), "another process"  # one process plays two
     assert mine.try_acquire()
+    assert mine.try_acquire(), "the holder renews its own lease"
     assert not theirs.try_acquire()
     assert prune_once(second) is None
     assert second.count(expired=True) == 5
-    assert open_prune_lock(make_store(table_name=f"{first.table.name}_other")).try_acquire()
+    assert PruneLease(make_store(table_name=f"{first.table.name}_other")).try_acquire()
     mine.release()
     assert prune_once(second) == 5
     assert theirs.try_acquire()
     theirs.release()
-    if backend == "sqlite":
-        assert len(list(Path(first.engine.url.database).parent.glob("sessions.sqlite.prune-*.lock"))) == 2
     assert first.engine.pool.checkedout() == second.engine.pool.checkedout() == 0
 
 
-def _kill(store: SessionStore, victim: int) -> None:
-    sql = "SELECT pg_terminate_backend(:id)" if store.engine.dialect.name == "postgresql" else "KILL :id"
-    store.run(lambda conn: conn.execute(sa.text(sql), {"id": victim}))
-
-
-@pytest.mark.parametrize("backend", ["postgresql", "mariadb"])
-def test_when_the_holder_s_connection_dies_another_process_takes_over(
-    make_store: MakeStore, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_a_lapsed_lease_is_taken_over_and_its_old_holder_stops_pruning(make_store: MakeStore) -> None:
     leader_store, follower_store = make_store(), make_store()
     seed(leader_store, expired=10, live=0)
     with scheduler(leader_store) as leader, scheduler(follower_store) as follower:
+        follower.lease._pid, follower.lease._holder = os.getpid(), "another process"
         assert leader.run_once() == 10
-        assert follower.run_once() is None  # the leader keeps the lock between its runs
-        assert leader._lock.connection is not None
-        _kill(follower_store, connection_id_of(leader._lock.connection))
+        assert follower.run_once() is None  # the leader keeps the lease between its runs
+        # The leader stops renewing (it died, or stalled): its lease lapses.
+        lease = leader.lease.table
+        leader_store.run(
+            lambda conn: conn.execute(sa.update(lease).values(expires=utcnow() - dt.timedelta(seconds=1)))
+        )
         seed(follower_store, expired=5, live=0)
-        assert wait_for(follower.run_once) == 5
-        with caplog.at_level(logging.WARNING, logger="wsgi_dbsession"):
-            assert leader.run_once() is None  # its connection is gone, and the follower holds the lock
-        assert caplog.records == []
-        assert not leader._lock.held
-        assert leader_store.engine.pool.checkedout() == 0
+        assert follower.run_once() == 5
+        assert leader.run_once() is None  # the follower holds it now
+        assert not leader.lease.held
+    assert leader_store.engine.pool.checkedout() == 0
 
 
-def lock_is_free(store: SessionStore) -> bool:
-    lock = open_prune_lock(store)
-    taken = lock.try_acquire()
-    lock.release()
+def lease_is_free(store: SessionStore) -> bool:
+    lease = PruneLease(store)
+    lease._pid, lease._holder = os.getpid(), "a prober"
+    taken = lease.try_acquire()
+    lease.release()
     return taken
-
-
-@pytest.mark.parametrize("backend", ["postgresql", "mariadb"])
-def test_a_holder_whose_connection_died_between_runs_takes_the_lock_again(
-    make_store: MakeStore, caplog: pytest.LogCaptureFixture
-) -> None:
-    store, other = make_store(), make_store()
-    seed(store, expired=3, live=0)
-    with scheduler(store) as job:
-        assert job.run_once() == 3
-        assert job._lock.connection is not None
-        _kill(other, connection_id_of(job._lock.connection))  # as an idle timeout would
-        wait_for(lambda: lock_is_free(other))
-        seed(store, expired=2, live=0)
-        with caplog.at_level(logging.WARNING, logger="wsgi_dbsession"):
-            assert job.run_once() == 2
-        assert caplog.records == []
-        assert not lock_is_free(other)
-
-
-def connection_id_of(conn: sa.Connection) -> int:
-    sql = "SELECT pg_backend_pid()" if conn.dialect.name == "postgresql" else "SELECT CONNECTION_ID()"
-    return int(conn.execute(sa.text(sql)).scalar_one())
 
 
 def test_a_failing_prune_is_logged_and_retried_at_the_next_run(
@@ -195,10 +168,9 @@ def test_a_failing_prune_is_logged_and_retried_at_the_next_run(
 ) -> None:
     store = make_store(create_table=False)  # its table does not exist yet
     with scheduler(store) as job:
-        with caplog.at_level(logging.ERROR, logger="wsgi_dbsession.cleanup"):
+        with caplog.at_level(logging.ERROR, logger="wsgi_dbsession.prune"):
             assert job.run_once() is None
         assert "retrying at the next interval" in caplog.text
-        assert not job._lock.held
         seed(store, expired=3, live=1)
         assert job.run_once() == 3
     assert store.engine.pool.checkedout() == 0
@@ -277,11 +249,11 @@ def test_the_first_request_starts_one_job_that_prunes_until_close(
     make_app: MakeApp, make_store: MakeStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     app, middleware = make_app(session_app, cleanup_interval=0.2, cleanup_batch_size=7)
-    store, job = middleware.store, middleware.cleanup
+    store, job = middleware.store, middleware.manager.pruner
     assert job is not None and not job.started
     live = seed(store, expired=30, live=3)
     threads = scheduler_threads()
-    with caplog.at_level(logging.INFO, logger="wsgi_dbsession.cleanup"):
+    with caplog.at_level(logging.INFO, logger="wsgi_dbsession.prune"):
         for _ in range(5):
             app.get("/unused")
         assert scheduler_threads() == threads + 1
@@ -293,9 +265,7 @@ def test_the_first_request_starts_one_job_that_prunes_until_close(
     middleware.close()
     wait_for(lambda: scheduler_threads() == threads)
     assert store.engine.pool.checkedout() == 0
-    other = open_prune_lock(make_store(table_name=store.table.name))
-    assert other.try_acquire()  # close() gave the lock back
-    other.release()
+    assert lease_is_free(make_store(table_name=store.table.name))  # close() gave the lease back
 
 
 def test_the_process_exits_promptly_and_quietly_with_the_job_running(tmp_path: Path) -> None:
@@ -368,9 +338,9 @@ def test_a_forked_child_neither_holds_nor_frees_its_parent_s_prune_lock(make_sto
         job.ensure_started()
 
         def child() -> bool:
-            return not job.started and not job._lock.held and job.run_once() is None
+            return not job.started and not job.lease.held and job.run_once() is None
 
         assert in_child(child) == 0
-        assert not open_prune_lock(make_store()).try_acquire()
+        assert not lease_is_free(make_store())
         seed(store, expired=4, live=0)
         assert job.run_once() == 4  # the parent's hold, and its connection, survived the child

@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from conftest import LIVE_URLS
 from tests.prune_helpers import live_rows, seed
 from wsgi_dbsession import SessionStore
-from wsgi_dbsession.cleanup import open_prune_lock
 from wsgi_dbsession.cli import main
+from wsgi_dbsession.prune import PruneLease
 from wsgi_dbsession.store import SessionStats
 
 MakeStore = Callable[..., SessionStore]
@@ -67,7 +67,7 @@ def test_prune_does_nothing_while_another_process_holds_the_lock(
 ) -> None:
     store = make_store()
     seed(store, expired=4, live=0)
-    lock = open_prune_lock(store)
+    lock = PruneLease(store)
     assert lock.try_acquire()
     try:
         pruned = cli("prune", "--url", db_url, "--table", table_name)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from wsgi_dbsession import ConfigurationError, SessionMiddleware
@@ -14,6 +16,7 @@ from wsgi_dbsession.cookies import (
     sign,
     unsign,
 )
+from wsgi_dbsession.options import option_defaults
 
 # The test vector of ANCHORS.md, computed by express-session (cookie-signature).
 EXPRESS_SID = "DJW_JaSWR-41-zW3df0G0g7HB8t5bwK4"
@@ -23,6 +26,14 @@ NEW_SECRET = "n" * 32
 OLD_SECRET = "o" * 32
 
 
+def make_cookie(name: str, secrets: tuple[bytes, ...], **attributes: Any) -> SessionCookie:
+    """A cookie with the middleware's defaults for every attribute not given."""
+    defaults = option_defaults()
+    for option in ("path", "domain", "secure", "httponly", "samesite"):
+        attributes.setdefault(option, defaults[option])
+    return SessionCookie(name=name, secrets=secrets, **attributes)
+
+
 def test_signature_matches_express_session() -> None:
     assert sign(EXPRESS_SID, "keyboard cat") == EXPRESS_SIGNED
     assert encode_value(EXPRESS_SIGNED) == EXPRESS_COOKIE
@@ -30,15 +41,13 @@ def test_signature_matches_express_session() -> None:
 
 
 def test_express_cookie_is_read() -> None:
-    cookie = SessionCookie(name="connect.sid", secrets=(b"keyboard cat",))
+    cookie = make_cookie("connect.sid", (b"keyboard cat",))
     assert cookie.read(f"theme=dark; connect.sid={EXPRESS_COOKIE}; other=1") == EXPRESS_SID
     assert cookie.read(f'connect.sid="{EXPRESS_COOKIE}"') == EXPRESS_SID
 
 
 def test_set_cookie_header_carries_the_express_value_and_flags() -> None:
-    cookie = SessionCookie(
-        name="connect.sid", secrets=(b"keyboard cat",), domain="example.org", samesite="strict"
-    )
+    cookie = make_cookie("connect.sid", (b"keyboard cat",), domain="example.org", samesite="strict")
     name, value = cookie.set_header(EXPRESS_SID, 3600, secure=True)
     assert name == "Set-Cookie"
     assert value.startswith(f"connect.sid={EXPRESS_COOKIE};")
@@ -54,7 +63,7 @@ def test_rotation_signs_with_the_first_secret_and_verifies_with_each() -> None:
     assert unsign(sign(sid, OLD_SECRET), secrets) == sid
     assert unsign(sign(sid, NEW_SECRET), secrets) == sid
     assert unsign(sign(sid, "x" * 32), secrets) is None
-    cookie = SessionCookie(name="s", secrets=secrets)
+    cookie = make_cookie("s", secrets)
     assert encode_value(sign(sid, NEW_SECRET)) in cookie.set_header(sid, 60, secure=False)[1]
 
 
@@ -76,7 +85,7 @@ def test_rotation_signs_with_the_first_secret_and_verifies_with_each() -> None:
     ],
 )
 def test_malformed_cookies_read_as_no_session(header: str | None) -> None:
-    cookie = SessionCookie(name="connect.sid", secrets=(b"keyboard cat",))
+    cookie = make_cookie("connect.sid", (b"keyboard cat",))
     assert cookie.read(header) is None
 
 
@@ -106,7 +115,7 @@ def test_secret_is_required_and_must_be_long() -> None:
 
 
 def test_secrets_never_appear_in_reprs() -> None:
-    cookie = SessionCookie(name="connect.sid", secrets=parse_secrets(NEW_SECRET))
+    cookie = make_cookie("connect.sid", parse_secrets(NEW_SECRET))
     assert NEW_SECRET not in repr(cookie)
     middleware = SessionMiddleware(lambda e, s: [], secret=NEW_SECRET, url="sqlite://", cleanup_interval=0)
     assert NEW_SECRET not in repr(middleware)

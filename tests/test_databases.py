@@ -27,7 +27,7 @@ from conftest import LIVE_URLS, drop_table
 from tests import db_workers
 from tests.apps import session_app
 from wsgi_dbsession import SessionStore, create_engine
-from wsgi_dbsession.dialects import UTC, to_iso_z
+from wsgi_dbsession.express import UTC, to_iso_z
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVERS = ["postgresql", "mariadb"]
@@ -371,7 +371,7 @@ def test_store_call_after_the_server_killed_every_pooled_connection_succeeds(
         pass  # three pooled connections, all about to die as in a server restart
     assert len(ids) == 3
     kill(backend, ids)
-    caplog.set_level("INFO", logger="wsgi_dbsession.store")
+    caplog.set_level("INFO", logger="wsgi_dbsession.statements")
     assert store.get("kept") == {"n": 1}
     assert caplog.text.count("retrying on a fresh one") == 1
     assert ids[3:] and not set(ids[3:]) & set(ids[:3]), "the retry ran on a new connection"

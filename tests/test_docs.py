@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import ast
-import inspect
 import re
 from pathlib import Path
 
 import pytest
 
 from wsgi_dbsession import ConfigurationError, SessionMiddleware
+from wsgi_dbsession.options import option_defaults
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 CONFIGURATION = (DOCS / "configuration.md").read_text()
-PARAMETERS = {
-    name: param
-    for name, param in inspect.signature(SessionMiddleware.__init__).parameters.items()
-    if param.kind is param.KEYWORD_ONLY
-}
+DEFAULTS = option_defaults()
 # "| `name` | type | default | unit | what it does |" rows of the summary table.
 ROWS = {
     match.group(1): [cell.strip() for cell in match.group(2).split("|")]
@@ -30,17 +26,17 @@ def no_app(environ: object, start_response: object) -> list[bytes]:
     return []
 
 
-@pytest.mark.parametrize("name", sorted(PARAMETERS))
+@pytest.mark.parametrize("name", sorted(DEFAULTS))
 def test_every_option_is_in_the_configuration_reference(name: str) -> None:
     assert name in ROWS, f"add `{name}` to the summary table of docs/configuration.md"
     assert f"### `{name}`" in CONFIGURATION, f"add a `### `{name}`` section to docs/configuration.md"
     assert f"`dbsession.{name}`" in CONFIGURATION, f"list `dbsession.{name}` among the Pyramid setting names"
 
 
-@pytest.mark.parametrize("name", sorted(PARAMETERS))
+@pytest.mark.parametrize("name", sorted(DEFAULTS))
 def test_each_documented_default_is_the_real_default(name: str) -> None:
     documented = ROWS[name][1]
-    default = PARAMETERS[name].default
+    default = DEFAULTS[name]
     if documented == "required":
         with pytest.raises(ConfigurationError, match=f"{name} is required"):
             SessionMiddleware(no_app)
@@ -50,7 +46,7 @@ def test_each_documented_default_is_the_real_default(name: str) -> None:
 
 
 def test_every_summary_row_is_a_real_option() -> None:
-    assert sorted(ROWS) == sorted(PARAMETERS)
+    assert sorted(ROWS) == sorted(DEFAULTS)
 
 
 def test_every_doc_is_in_the_index() -> None:

@@ -22,7 +22,8 @@ from conftest import SECRET, StatementLog, drop_table
 from tests.apps import session_app
 from tests.tcp_proxy import TCPProxy
 from wsgi_dbsession import SessionMiddleware, StoreUnavailable
-from wsgi_dbsession.store import CONNECT_TIMEOUT, create_engine
+from wsgi_dbsession.dialects import CONNECT_TIMEOUT
+from wsgi_dbsession.store import create_engine
 
 pytestmark = pytest.mark.parametrize("backend", ["postgresql", "mariadb"], indirect=True)
 
@@ -66,7 +67,7 @@ def outage_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [
         record
         for record in caplog.records
-        if record.name == "wsgi_dbsession.middleware"
+        if record.name == "wsgi_dbsession.manager"
         and record.levelno == logging.ERROR
         and record.exc_info is not None
         and isinstance(record.exc_info[1], StoreUnavailable)
@@ -78,7 +79,7 @@ def test_outage_answers_503_with_a_logged_cause_and_recovers_without_restart(
 ) -> None:
     app, middleware = make_proxied()
     assert app.get("/incr").json["data"] == {"count": 1}
-    log = StatementLog(middleware.store.engine)
+    log = StatementLog(middleware.store)
 
     proxy.cut()
     response = app.get("/incr", status=503)
@@ -131,7 +132,7 @@ def test_database_lost_between_load_and_save_is_503_and_the_stored_session_is_un
 
     client, middleware = make_proxied(app)
     assert client.get("/").text == "1"
-    sid = middleware.cookie.read(f"connect.sid={client.cookies['connect.sid']}")
+    sid = middleware.manager.cookie.read(f"connect.sid={client.cookies['connect.sid']}")
     assert sid is not None
     before = middleware.store.load(sid)
     response = client.get("/cut", status=503)
@@ -275,7 +276,7 @@ def test_app_that_swallows_a_failed_save_never_gets_its_success_page_out(
 
     client, middleware = make_proxied(app)
     client.set_cookie("connect.sid", _live_cookie(make_proxied))
-    sid = middleware.cookie.read(f"connect.sid={client.cookies['connect.sid']}")
+    sid = middleware.manager.cookie.read(f"connect.sid={client.cookies['connect.sid']}")
     assert sid is not None
     client.app = recorded(middleware)
     assert client.get("/", status=503).text == UNAVAILABLE_TEXT

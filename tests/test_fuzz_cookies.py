@@ -166,10 +166,10 @@ def test_hostile_cookie_headers_never_500_never_query_unverified_never_adopt(mak
     client, middleware = make_app(session_app)
     client.get("/incr")
     issued_value = client.cookies["connect.sid"]
-    issued_sid = middleware.cookie.read(f"connect.sid={issued_value}")
+    issued_sid = middleware.manager.cookie.read(f"connect.sid={issued_value}")
     assert issued_sid is not None
     middleware.app = reader_app
-    log = StatementLog(middleware.store.engine)
+    log = StatementLog(middleware.store)
     seen = {"queried": 0, "adopted": 0}
 
     @FUZZ
@@ -218,7 +218,7 @@ def test_hostile_cookie_headers_never_500_never_query_unverified_never_adopt(mak
 )
 def test_a_validly_signed_malformed_id_costs_no_query(make_app: MakeApp, header: str) -> None:
     _, middleware = make_app(reader_app)
-    log = StatementLog(middleware.store.engine)
+    log = StatementLog(middleware.store)
     status, body = request(middleware, header)
     assert status == "200 OK" and body["new"]
     assert log.statements == []
@@ -229,7 +229,7 @@ def test_max_size_refuses_a_larger_session_with_a_clear_error(
 ) -> None:
     app, middleware = make_app(session_app, max_size=1000)
     app.get("/set", params={"key": "note", "value": json.dumps("x" * 100)})
-    sid = middleware.cookie.read(f"connect.sid={app.cookies['connect.sid']}")
+    sid = middleware.manager.cookie.read(f"connect.sid={app.cookies['connect.sid']}")
     assert sid is not None
     before = middleware.store.load(sid)
     response = app.get("/set", params={"key": "note", "value": json.dumps("y" * 5000)}, status=500)

@@ -28,7 +28,7 @@ def served(make_app: Callable[..., Any]) -> Iterator[tuple[str, StatementLog]]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}", StatementLog(middleware.store.engine)
+        yield f"http://127.0.0.1:{server.server_port}", StatementLog(middleware.store)
     finally:
         server.shutdown()
         server.server_close()

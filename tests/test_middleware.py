@@ -35,7 +35,7 @@ def sid_in(response: webtest.TestResponse, secret: str = SECRET) -> str:
 @pytest.fixture
 def client(make_app: MakeApp) -> tuple[webtest.TestApp, SessionMiddleware, StatementLog]:
     app, middleware = make_app(session_app)
-    return app, middleware, StatementLog(middleware.store.engine)
+    return app, middleware, StatementLog(middleware.store)
 
 
 def test_unused_session_costs_no_statement_and_sets_no_cookie(client: Any) -> None:
@@ -216,7 +216,7 @@ def test_secret_rotation_reads_old_cookies_and_signs_with_the_new_secret(make_ap
 
 def test_rolling_touches_the_expiry_at_most_once_per_interval(make_app: MakeApp) -> None:
     app, middleware = make_app(session_app, rolling=True, touch_after=0, max_age=3600)
-    log = StatementLog(middleware.store.engine)
+    log = StatementLog(middleware.store)
     sid = sid_in(app.get("/incr"))
     first = middleware.store.load(sid)
     log.clear()
@@ -226,7 +226,7 @@ def test_rolling_touches_the_expiry_at_most_once_per_interval(make_app: MakeApp)
     assert middleware.store.load(sid).expires >= first.expires
 
     throttled, middleware2 = make_app(session_app, rolling=True, touch_after=600, max_age=3600)
-    log2 = StatementLog(middleware2.store.engine)
+    log2 = StatementLog(middleware2.store)
     throttled.get("/incr")
     log2.clear()
     assert set_cookies(throttled.get("/read")) == []

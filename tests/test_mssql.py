@@ -22,15 +22,9 @@ from conftest import SECRET, StatementLog, backend_url, drop_table
 from tests.apps import session_app
 from tests.db_workers import exercise
 from wsgi_dbsession import SessionMiddleware, SessionStore
-from wsgi_dbsession.dialects import (
-    UTC,
-    ExpiryTimestamp,
-    SessionJSON,
-    batch_delete,
-    mssql_merge,
-    prune_lock,
-    strategy_for,
-)
+from wsgi_dbsession.dialects import MSSQL, ExpiryTimestamp, SessionJSON, dialect_for
+from wsgi_dbsession.express import UTC
+from wsgi_dbsession.prune import PruneLease
 
 # Creating an engine does not connect: the dialect is all these tests use.
 OFFLINE_URL = "mssql+pymssql://user:password@mssql.invalid/sessions"
@@ -50,8 +44,8 @@ def sql(statement: Any, store: SessionStore) -> str:
 
 def test_the_dialect_is_mssql_with_its_merge_upsert(offline_store: SessionStore) -> None:
     assert offline_store.engine.dialect.name == "mssql"
-    assert offline_store.dialect.name == "mssql"
-    assert offline_store.dialect == strategy_for(offline_store.engine.dialect)
+    assert isinstance(offline_store.dialect, MSSQL)
+    assert offline_store.dialect is dialect_for(offline_store.engine.dialect)
 
 
 def test_create_table_has_the_design_types(offline_store: SessionStore) -> None:
@@ -69,14 +63,14 @@ def test_create_table_has_the_design_types(offline_store: SessionStore) -> None:
 
 
 def test_select_reads_one_live_row(offline_store: SessionStore) -> None:
-    assert sql(offline_store._select, offline_store) == (
+    assert sql(offline_store._select.statement, offline_store) == (
         "SELECT app.[My-Sessions].sess AS sess, app.[My-Sessions].expired FROM app.[My-Sessions] "
         "WHERE app.[My-Sessions].[Session-Id] = %(sid)s AND app.[My-Sessions].expired >= %(now)s"
     )
 
 
 def test_merge_is_atomic_and_quotes_every_identifier(offline_store: SessionStore) -> None:
-    merge = mssql_merge(offline_store.table, offline_store.engine.dialect)
+    merge = offline_store.dialect.upsert(offline_store.columns)
     assert sql(merge, offline_store) == (
         "MERGE INTO app.[My-Sessions] WITH (HOLDLOCK) AS t "
         "USING (SELECT %(sid)s AS sid, %(sess)s AS sess, %(expired)s AS expired) AS s "
@@ -92,36 +86,64 @@ def test_merge_is_atomic_and_quotes_every_identifier(offline_store: SessionStore
 
 def test_compare_and_set_rename_touch_and_delete(offline_store: SessionStore) -> None:
     table = "app.[My-Sessions]"
-    assert sql(offline_store._replace, offline_store) == (
+    assert sql(offline_store._replace.statement, offline_store) == (
         f"UPDATE {table} SET sess=%(sess)s, expired=%(expired)s "
         f"WHERE {table}.[Session-Id] = %(b_sid)s AND {table}.sess = %(expected)s"
     )
-    assert sql(offline_store._rename, offline_store) == (
+    assert sql(offline_store._rename.statement, offline_store) == (
         f"UPDATE {table} SET [Session-Id]=%(new_sid)s, sess=%(sess)s, expired=%(expired)s "
         f"WHERE {table}.[Session-Id] = %(old_sid)s"
     )
-    assert sql(offline_store._touch, offline_store) == (
+    assert sql(offline_store._touch.statement, offline_store) == (
         f"UPDATE {table} SET expired=%(expired)s WHERE {table}.[Session-Id] = %(b_sid)s"
     )
-    assert sql(offline_store._delete, offline_store) == (
+    assert sql(offline_store._delete.statement, offline_store) == (
         f"DELETE FROM {table} WHERE {table}.[Session-Id] = %(b_sid)s"
     )
 
 
 def test_prune_deletes_in_batches_with_top(offline_store: SessionStore) -> None:
-    statement = batch_delete(offline_store.table, offline_store.engine.dialect, 500)
+    statement = offline_store.dialect.batch_delete(offline_store.columns, 500)
     assert sql(statement, offline_store) == "DELETE TOP (500) FROM app.[My-Sessions] WHERE expired < %(now)s"
 
 
-def test_prune_lock_is_a_session_applock_that_never_waits(offline_store: SessionStore) -> None:
-    lock = prune_lock(offline_store.engine.dialect, "sessions prune")
-    assert lock is not None
-    acquire, release = sql(lock.acquire, offline_store), sql(lock.release, offline_store)
-    assert "EXEC @result = sp_getapplock @Resource = %(name)s" in acquire
-    assert "@LockOwner = 'Session', @LockTimeout = 0" in acquire
-    assert acquire.endswith("SELECT CASE WHEN @result >= 0 THEN 1 ELSE 0 END")
-    assert release == "EXEC sp_releaseapplock @Resource = %(name)s, @LockOwner = 'Session'"
-    assert len(lock.params["name"]) <= 255
+def test_a_contended_save_locks_its_row_with_updlock(offline_store: SessionStore) -> None:
+    store = offline_store
+    select = store.dialect.lock_row(sa.select(store.columns.sess).where(store._live), store.table)
+    assert sql(select, offline_store) == (
+        "SELECT app.[My-Sessions].sess FROM app.[My-Sessions] WITH (UPDLOCK, ROWLOCK) "
+        "WHERE app.[My-Sessions].[Session-Id] = %(sid)s AND app.[My-Sessions].expired >= %(now)s"
+    )
+
+
+def test_the_prune_lease_is_plain_rows_taken_by_one_conditional_update(offline_store: SessionStore) -> None:
+    lease = PruneLease(offline_store)
+    assert sql(CreateTable(lease.table), offline_store) == (
+        "CREATE TABLE app.[My-Sessions_lease] ( name NVARCHAR(255) NOT NULL, "
+        "holder NVARCHAR(255) NOT NULL, expires DATETIME2 NOT NULL, PRIMARY KEY (name) )"
+    )
+    assert sql(lease._take, offline_store) == (
+        "UPDATE app.[My-Sessions_lease] SET holder=%(me)s, expires=%(until)s "
+        "WHERE app.[My-Sessions_lease].name = %(lease)s AND (app.[My-Sessions_lease].holder = %(me)s "
+        "OR app.[My-Sessions_lease].expires < %(now)s)"
+    )
+    assert sql(lease._insert, offline_store) == (
+        "INSERT INTO app.[My-Sessions_lease] (name, holder, expires) VALUES (%(lease)s, %(me)s, %(until)s)"
+    )
+    assert sql(lease._release, offline_store) == (
+        "DELETE FROM app.[My-Sessions_lease] WHERE app.[My-Sessions_lease].name = %(lease)s "
+        "AND app.[My-Sessions_lease].holder = %(me)s"
+    )
+
+
+def test_table_creation_waits_on_a_transaction_applock(offline_store: SessionStore) -> None:
+    from wsgi_dbsession.dialects import _MSSQL_APPLOCK
+
+    assert sql(sa.text(_MSSQL_APPLOCK), offline_store) == (
+        "EXEC sp_getapplock @Resource = %(name)s, @LockMode = 'Exclusive', "
+        "@LockOwner = 'Transaction', @LockTimeout = %(timeout_ms)s"
+    )
+    assert offline_store.dialect.begin_sql == "BEGIN TRANSACTION"
 
 
 def test_expiry_is_bound_as_naive_utc_with_datetime2_precision(offline_store: SessionStore) -> None:
@@ -182,7 +204,7 @@ def test_live_mssql_request_budget(mssql_store: SessionStore) -> None:
         cleanup_interval=0,
     )
     app = webtest.TestApp(middleware)
-    log = StatementLog(mssql_store.engine)
+    log = StatementLog(middleware.store)
     assert app.get("/incr").json["data"] == {"count": 1}
     assert len(log) == 1, log.statements
     log.clear()

@@ -36,7 +36,7 @@ from tests.apps import session_app
 from tests.test_http_server import QuietHandler
 from wsgi_dbsession import SessionMiddleware, SessionStore, sign, unsign
 from wsgi_dbsession.cookies import encode_value, generate_sid
-from wsgi_dbsession.dialects import from_iso
+from wsgi_dbsession.express import from_iso
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,8 @@ from tests.apps import session_app
 from tests.test_middleware import sid_in
 from wsgi_dbsession import ConfigurationError, SessionMiddleware, sign
 from wsgi_dbsession.cookies import encode_value
-from wsgi_dbsession.settings import coerce, option_types, parse_settings
+from wsgi_dbsession.options import option_defaults, option_types
+from wsgi_dbsession.settings import coerce, parse_settings
 
 OLD_SECRET = "an-older-secret-still-accepted-0123456789"
 # Two secrets, one a line: the first signs, the second still verifies.
@@ -115,9 +116,9 @@ def test_every_option_is_read_from_its_text(
             "override_app_errors": "false",
         }
     )
-    cookie, factory, store = middleware.cookie, middleware.factory, middleware.store
+    cookie, factory, store = middleware.manager.cookie, middleware.manager.factory, middleware.store
     assert cookie.secrets == (SECRET.encode(), OLD_SECRET.encode())
-    assert middleware.environ_key == "my.session"
+    assert middleware.manager.options.environ_key == "my.session"
     assert (cookie.name, cookie.secure, cookie.httponly, cookie.samesite) == (
         "app.sid",
         True,
@@ -132,9 +133,10 @@ def test_every_option_is_read_from_its_text(
         ["session_id"],
     )
     assert store.serializer is json
-    assert middleware.cleanup is not None
-    assert (middleware.cleanup.interval, middleware.cleanup.batch_size) == (300, 50)
-    assert (middleware.unavailable_status, middleware.override_app_errors) == (502, False)
+    assert middleware.manager.pruner is not None
+    assert (middleware.manager.pruner.interval, middleware.manager.pruner.batch_size) == (300, 50)
+    options = middleware.manager.options
+    assert (options.unavailable_status, options.override_app_errors) == (502, False)
     assert str(store.engine.url) == f"sqlite:///{tmp_path}/sessions.sqlite"
 
 
@@ -170,7 +172,7 @@ def test_both_entry_points_build_the_middleware(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", sorted(option_types()))
 def test_each_default_written_as_text_reads_back_as_itself(name: str) -> None:
-    default = inspect.signature(SessionMiddleware.__init__).parameters[name].default
+    default = option_defaults()[name]
     if default is inspect.Parameter.empty or not isinstance(default, (str, int, float, bool, type(None))):
         pytest.fail(f"{name} has no default that an ini file could spell")
     text = "none" if default is None else str(default)  # str(True) is "True": any case is accepted

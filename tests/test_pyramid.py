@@ -89,7 +89,7 @@ def make_pyramid(
 
     yield make
     for factory in factories:
-        store = factory.middleware.store
+        store = factory.manager.store
         drop_table(store.engine, store.table)
         assert store.engine.pool.checkedout() == 0, "a connection was left checked out"
         factory.close()
@@ -97,7 +97,7 @@ def make_pyramid(
 
 def test_login_regenerates_the_id_and_logout_ends_the_session(make_pyramid: Any) -> None:
     app, factory = make_pyramid()
-    store = factory.middleware.store
+    store = factory.manager.store
     anonymous = app.get("/state")
     before = sid_in(anonymous)
     token = anonymous.json["csrf"]
@@ -128,7 +128,7 @@ def test_post_needs_the_session_csrf_token(make_pyramid: Any) -> None:
     app.post("/incr", {"csrf_token": "0" * len(token)}, status=400)
     assert app.post("/incr", {"csrf_token": token}).json == {"count": 1}
     assert app.post("/incr", headers={"X-CSRF-Token": token}).json == {"count": 2}
-    assert factory.middleware.store.count() == 1
+    assert factory.manager.store.count() == 1
 
 
 def test_request_session_provides_isession(make_pyramid: Any) -> None:
@@ -144,7 +144,7 @@ def test_request_session_provides_isession(make_pyramid: Any) -> None:
 def test_unused_session_costs_nothing(make_pyramid: Any) -> None:
     app, factory = make_pyramid()
     app.post("/incr", status=400)  # reads the session to look for a token; nothing to store
-    log = StatementLog(factory.middleware.store.engine)
+    log = StatementLog(factory.manager.store)
     response = app.get("/plain")
     assert len(log) == 0
     assert set_cookies(response) == []
@@ -154,13 +154,13 @@ def test_a_session_that_cannot_be_saved_fails_the_response(make_pyramid: Any) ->
     app, factory = make_pyramid()
     with pytest.raises(SerializationError, match="'when'"):
         app.get("/unsavable")  # the error leaves Pyramid: the server answers 500, not the view's page
-    assert factory.middleware.store.count() == 0
+    assert factory.manager.store.count() == 0
 
 
 def test_an_app_wrapped_by_the_middleware_uses_its_session(make_pyramid: Any, table_name: str) -> None:
     sessions: list[Any] = []
     app, factory = make_pyramid(sessions=sessions)
-    store = factory.middleware.store
+    store = factory.manager.store
     middleware = SessionMiddleware(
         app.app, secret=SECRET, engine=store.engine, table_name=table_name, cleanup_interval=0
     )
@@ -169,7 +169,7 @@ def test_an_app_wrapped_by_the_middleware_uses_its_session(make_pyramid: Any, ta
     wrapped.get("/seen")
     session, in_environ = sessions
     assert session is in_environ
-    log = StatementLog(store.engine)
+    log = StatementLog(middleware.store)
     response = wrapped.get("/state")
     # One owner saves it: a single write and a single cookie, not one each.
     assert len(log) == 1, log.statements

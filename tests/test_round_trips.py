@@ -164,17 +164,14 @@ class Probe:
         self,
         make_app: MakeApp,
         server: tuple[str, ServerLog, sa.Engine],
-        *,
-        observe: bool = True,
+        statement_path: str,
         **options: Any,
     ) -> None:
         self.backend, self.log, engine = server
         self.app, self.middleware = make_app(session_app, engine=engine, **options)
+        self.middleware.store.runner.driver_cursor = statement_path == "driver-cursor"
         self.ids: list[int] = []
         sa.event.listen(engine, "checkout", self._checked_out)
-        # Observed, statements go through SQLAlchemy's execution path and its
-        # cursor events; unobserved, the store runs them on the driver's cursor.
-        self.observe = observe
         self.engine = engine
 
     def _checked_out(self, dbapi_connection: Any, *_args: Any) -> None:
@@ -183,12 +180,9 @@ class Probe:
     def request(self, path: str) -> tuple[list[str], list[tuple[str, Any]]]:
         """The statements the server logged for one request, and what SQLAlchemy sent."""
         sent: list[tuple[str, Any]] = []
-
-        def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_args: Any) -> None:
-            sent.append((statement, parameters))
-
-        if self.observe:
-            sa.event.listen(self.engine, "before_cursor_execute", record)
+        stop = self.middleware.store.on_statement(
+            lambda statement, parameters: sent.append((statement, parameters))
+        )
         self.ids.clear()
         self.log.mark()
         if isinstance(self.log, MariaDBLog):
@@ -197,8 +191,7 @@ class Probe:
         try:
             self.app.get(path)
         finally:
-            if self.observe:
-                sa.event.remove(self.engine, "before_cursor_execute", record)
+            stop()
         assert len(set(self.ids)) <= 1, "one request, one connection"
         logged = [
             statement for connection_id in set(self.ids) for statement in self.log.since_mark(connection_id)
@@ -234,12 +227,14 @@ def one_line(statement: str) -> str:
 
 
 @pytest.fixture
-def probe(server: tuple[str, ServerLog, sa.Engine], make_app: MakeApp) -> Iterator[Callable[..., Probe]]:
+def probe(
+    server: tuple[str, ServerLog, sa.Engine], make_app: MakeApp, statement_path: str
+) -> Iterator[Callable[..., Probe]]:
     # server first: its engine must outlive make_app's teardown, which drops the table through it.
     probes: list[Probe] = []
 
     def make(**options: Any) -> Probe:
-        probes.append(Probe(make_app, server, **options))
+        probes.append(Probe(make_app, server, statement_path, **options))
         return probes[-1]
 
     yield make
@@ -272,32 +267,6 @@ def test_a_request_costs_its_statements_and_nothing_else_at_the_server(
     assert [one_line(statement) for statement in logged] == [
         one_line(statement) for statement in replay_through_the_driver(measured.log, sent)
     ]
-
-
-@pytest.mark.parametrize(
-    ("steps", "kinds"),
-    [
-        (["/unused"], []),
-        (["/incr"], ["INSERT"]),
-        (["/incr", "/read"], ["SELECT"]),
-        (["/incr", "/incr"], ["SELECT", "UPDATE"]),
-        (["/incr", "/login"], ["SELECT", "UPDATE"]),
-        (["/incr", "/logout"], ["SELECT", "DELETE"]),
-    ],
-    ids=["unused", "new-session", "read", "read-and-write", "regenerate", "invalidate"],
-)
-def test_the_driver_cursor_path_costs_the_same_round_trips(
-    probe: Callable[..., Probe], steps: list[str], kinds: list[str]
-) -> None:
-    measured = probe(observe=False)
-    assert not measured.engine.dispatch.before_cursor_execute, "nothing may observe the engine here"
-    measured.app.get("/unused")
-    measured.request("/read")
-    for path in steps[:-1]:
-        measured.request(path)
-    logged, _ = measured.request(steps[-1])
-    assert [statement.split()[0].upper() for statement in logged] == kinds, logged
-    assert not [statement for statement in logged if OVERHEAD.match(statement)]
 
 
 def test_a_throttled_touch_is_one_update_at_the_server(probe: Callable[..., Probe]) -> None:

@@ -146,7 +146,7 @@ def test_a_cookie_signed_with_a_retired_secret_opens_nothing_and_costs_no_query(
     assert rotated.get("/read").json["data"] == {"count": 1}, "during rotation the old secret verifies"
     retired, middleware = make_app(session_app, secret=SECRET)
     retired.set_cookie("connect.sid", cookie)
-    log = StatementLog(middleware.store.engine)
+    log = StatementLog(middleware.store)
     assert retired.get("/read").json["data"] == {}
     assert log.statements == [], "an unverifiable cookie costs no query"
     assert old.store.count() == 1, "the old row is not touched; it expires and is pruned"
@@ -243,7 +243,7 @@ def test_no_secret_or_session_id_in_logs_at_debug_level(
         ("/incr", 200),
     ]:
         for header in app.get(path, status=status).headers.getall("Set-Cookie"):
-            sids.add(middleware.cookie.read(header.split(";", 1)[0]))
+            sids.add(middleware.manager.cookie.read(header.split(";", 1)[0]))
     assert len(sids - {None}) == 3, "the first session, the one login made, the one after logout"
     tampered = encode_value(sign(generate_sid(), SECRET))[:-4] + "AAAA"
     webtest.TestApp(middleware).get("/read", headers={"Cookie": f"connect.sid={tampered}"})
@@ -254,7 +254,7 @@ def test_no_secret_or_session_id_in_logs_at_debug_level(
     )
     try:
         broken_app = webtest.TestApp(broken)
-        sids.add(broken.cookie.read(broken_app.get("/incr").headers["Set-Cookie"].split(";", 1)[0]))
+        sids.add(broken.manager.cookie.read(broken_app.get("/incr").headers["Set-Cookie"].split(";", 1)[0]))
         drop_table(broken.store.engine, broken.store.table)
         broken_app.get("/incr", status=[500, 503])  # SQLite reports a missing table as operational
     finally:
@@ -304,8 +304,8 @@ def test_no_secret_or_session_id_in_reprs(make_app: MakeApp) -> None:
         seen["loaded"],
         repr(middleware),
         repr(middleware.store),
-        repr(middleware.cookie),
-        repr(middleware.factory),
+        repr(middleware.manager.cookie),
+        repr(middleware.manager.factory),
         repr(CookieUpdate(sid, 60)),
         repr(stored),
         repr(password_store),

@@ -71,7 +71,7 @@ def test_new_created_and_id_of_a_session(make_app: MakeApp) -> None:
 def test_changed_forces_a_write_of_an_unchanged_session(make_app: MakeApp) -> None:
     app, middleware = make_app(app_doing(lambda s: s.setdefault("n", 1) and s.changed()))
     app.get("/")
-    log = StatementLog(middleware.store.engine)
+    log = StatementLog(middleware.store)
     app.get("/")
     assert [sql.lstrip().split()[0].upper() for sql in log.statements] == ["SELECT", "UPDATE"]
 
@@ -124,7 +124,7 @@ def test_repr_does_not_load_the_session(make_app: MakeApp) -> None:
     reprs: list[str] = []
     app, middleware = make_app(app_doing(lambda s: reprs.append(repr(s))))
     app.get("/")
-    log = StatementLog(middleware.store.engine)
+    log = StatementLog(middleware.store)
     app.get("/")
     assert reprs == ["<Session (not loaded)>"] * 2
     assert len(log) == 0

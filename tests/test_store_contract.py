@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from wsgi_dbsession import SessionStore, StoreError
 from wsgi_dbsession.cookies import generate_sid
-from wsgi_dbsession.dialects import UTC
+from wsgi_dbsession.express import UTC
 
 
 def at(seconds: float) -> dt.datetime:

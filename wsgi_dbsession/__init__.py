@@ -13,7 +13,9 @@ from .exceptions import (
     StoreError,
     StoreUnavailable,
 )
+from .manager import SessionManager
 from .middleware import SessionMiddleware
+from .options import Options
 from .session import CookieUpdate, Session, SessionFactory
 from .store import JSONSerializer, Serializer, SessionStore, create_engine
 
@@ -22,12 +24,14 @@ __all__ = [
     "ConfigurationError",
     "CookieUpdate",
     "JSONSerializer",
+    "Options",
     "SerializationError",
     "Serializer",
     "Session",
     "SessionCookie",
     "SessionError",
     "SessionFactory",
+    "SessionManager",
     "SessionMiddleware",
     "SessionStore",
     "SessionTooLarge",

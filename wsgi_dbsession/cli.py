@@ -1,6 +1,6 @@
 """The ``wsgi-dbsession`` command (also ``python -m wsgi_dbsession``).
 
-- ``prune``: delete the expired sessions now, under the same lock the
+- ``prune``: delete the expired sessions now, under the same lease the
   middleware's scheduler takes (for cron, with ``cleanup_interval=0``);
 - ``create-table``: create the table and its expiry index when missing;
 - ``stats``: how many sessions are live and how many expired.
@@ -22,8 +22,8 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 
-from .cleanup import prune_once
 from .exceptions import SessionError
+from .prune import prune_once
 from .store import PRUNE_BATCH_SIZE, SessionStore
 
 URL_VARIABLE = "WSGI_DBSESSION_URL"
@@ -114,7 +114,7 @@ def _run(args: argparse.Namespace, store: SessionStore) -> int:
         store.create_table()
         print(f"table {table!r} is ready")
         return 0
-    if not sa.inspect(store.engine).has_table(store.table.name, schema=store.table.schema):
+    if not store.has_table():
         return _fail(f"there is no table {table!r}; create it with: wsgi-dbsession create-table")
     if args.command == "stats":
         stats = store.stats()

@@ -10,20 +10,19 @@ express-session with the same secret reads the same cookie.
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import hashlib
 import hmac
 import re
 import secrets as _secrets
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from email.utils import formatdate
+from typing import Literal
 from urllib.parse import quote, unquote
 
-from webob.cookies import make_cookie
-
-from .dialects import to_iso_z
 from .exceptions import ConfigurationError
+from .express import CookieAttributes
 
 SameSite = Literal["lax", "strict", "none"]
 Secure = bool | Literal["auto"]
@@ -36,6 +35,10 @@ _SID_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,255}")
 _URI_COMPONENT_SAFE = "-_.!~*'()"
 # A request carrying more same-named cookies than this is not worth more HMACs.
 _MAX_CANDIDATES = 4
+# RFC 6265: a cookie name is a token; attribute values hold no ';' or control characters.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_ATTRIBUTE_VALUE = re.compile(r"[^;\x00-\x1f\x7f]*")
+_EPOCH = "Thu, 01 Jan 1970 00:00:00 GMT"
 
 
 def generate_sid() -> str:
@@ -100,15 +103,57 @@ def parse_secrets(secret: str | Sequence[str] | None) -> tuple[bytes, ...]:
 
 @dataclass(frozen=True)
 class SessionCookie:
-    """How the session cookie is named, signed, read and written."""
+    """How the session cookie is named, signed, read and written.
+
+    Every attribute is checked here, once: a combination browsers reject
+    is a :class:`ConfigurationError` at construction, never a failing request.
+    """
 
     name: str
     secrets: tuple[bytes, ...] = field(repr=False)
-    path: str = "/"
-    domain: str | None = None
-    secure: Secure = False
-    httponly: bool = True
-    samesite: SameSite | None = "lax"
+    path: str
+    domain: str | None
+    secure: Secure  # True, False, or "auto": when the request came over https
+    httponly: bool
+    samesite: SameSite | None
+    attributes: CookieAttributes = field(init=False, repr=False, compare=False)
+    _before_expiry: str = field(init=False, repr=False, compare=False)
+    _tails: dict[bool, str] = field(init=False, repr=False, compare=False)  # by the Secure flag
+
+    def __post_init__(self) -> None:
+        if not _TOKEN.fullmatch(self.name):
+            raise ConfigurationError(
+                f"cookie_name {self.name!r} is not a valid cookie name (letters, digits, .-_)"
+            )
+        for option, value in (("path", self.path), ("domain", self.domain or "")):
+            if not _ATTRIBUTE_VALUE.fullmatch(value):
+                raise ConfigurationError(f"{option} {value!r} may not hold ';' or control characters")
+        if self.samesite not in ("lax", "strict", "none", None):
+            raise ConfigurationError('samesite must be "lax", "strict", "none" or None')
+        if self.secure not in (True, False, "auto"):
+            raise ConfigurationError('secure must be True, False or "auto"')
+        if self.samesite == "none" and self.secure is False:
+            raise ConfigurationError(
+                'samesite="none" needs secure=True (or "auto" behind https): browsers refuse '
+                "SameSite=None cookies without the Secure flag"
+            )
+        attributes = CookieAttributes(
+            httponly=self.httponly, path=self.path, domain=self.domain, samesite=self.samesite
+        )
+        object.__setattr__(self, "attributes", attributes)
+        # The header's constant parts, built once.
+        object.__setattr__(self, "_before_expiry", f"; Domain={self.domain}" if self.domain else "")
+        tail = {True: f"; Path={self.path}; secure", False: f"; Path={self.path}"}
+        flags = "; HttpOnly" if self.httponly else ""
+        same_site = f"; SameSite={self.samesite}" if self.samesite else ""
+        # SameSite=None without Secure (secure="auto" on plain http) is dropped by
+        # browsers: leave the attribute out there, so the browser's default applies.
+        insecure_same_site = "" if self.samesite == "none" else same_site
+        object.__setattr__(
+            self,
+            "_tails",
+            {True: tail[True] + flags + same_site, False: tail[False] + flags + insecure_same_site},
+        )
 
     def read(self, cookie_header: str | None) -> str | None:
         """The verified session id in a ``Cookie`` header, or None. Never raises."""
@@ -136,77 +181,19 @@ class SessionCookie:
         return url_scheme == "https" if self.secure == "auto" else bool(self.secure)
 
     def set_header(self, sid: str, max_age: int | None, *, secure: bool) -> tuple[str, str]:
-        """A ``Set-Cookie`` header that gives the browser this session id."""
-        value = encode_value(sign(sid, self.secrets[0]))
-        return self._header(value, max_age, secure)
+        """A ``Set-Cookie`` header giving the browser this session id (``max_age`` None: until it closes)."""
+        start = f"{self.name}={encode_value(sign(sid, self.secrets[0]))}{self._before_expiry}"
+        if max_age is None:
+            return ("Set-Cookie", f"{start}{self._tails[secure]}")
+        expires = formatdate(time.time() + max_age, usegmt=True)
+        return ("Set-Cookie", f"{start}; expires={expires}; Max-Age={max_age}{self._tails[secure]}")
 
     def expire_header(self, *, secure: bool) -> tuple[str, str]:
         """A ``Set-Cookie`` header that removes the session cookie from the browser."""
-        return self._header(None, 0, secure)
-
-    def express_json(
-        self, *, max_age: int | None, expires: dt.datetime, secure: bool, extra: Mapping[str, Any]
-    ) -> dict[str, Any]:
-        """express-session's ``cookie`` object, as it stores it beside the session data.
-
-        Field order and formats are express-session's: ``originalMaxAge`` in
-        milliseconds, ``expires`` as ``Date.toISOString()`` (both null for a
-        browser-session cookie), optional fields only when set. ``extra`` are
-        fields express-session wrote that this package keeps as they were.
-        """
-        json: dict[str, Any] = {
-            "originalMaxAge": None if max_age is None else max_age * 1000,
-            **extra,  # where express-session puts partitioned and priority
-            "expires": None if max_age is None else to_iso_z(expires),
-        }
-        if secure:
-            json["secure"] = True
-        json["httpOnly"] = self.httponly
-        if self.domain is not None:
-            json["domain"] = self.domain
-        json["path"] = self.path
-        if self.samesite is not None:
-            json["sameSite"] = self.samesite
-        return json
-
-    def _header(self, value: str | None, max_age: int | None, secure: bool) -> tuple[str, str]:
-        cookie = make_cookie(
-            self.name,
-            value,
-            max_age=max_age,
-            path=self.path,
-            domain=self.domain,
-            secure=secure,
-            httponly=self.httponly,
-            samesite=self.samesite,
+        return (
+            "Set-Cookie",
+            f"{self.name}={self._before_expiry}; expires={_EPOCH}; Max-Age=0{self._tails[secure]}",
         )
-        return ("Set-Cookie", cookie)
-
-
-# The cookie-object fields written from this package's settings; any other
-# (express-session's ``priority``, ``partitioned``) is kept as stored,
-# because express-session builds its Set-Cookie from the stored object.
-OWN_COOKIE_FIELDS = frozenset(
-    ("originalMaxAge", "expires", "secure", "httpOnly", "domain", "path", "sameSite")
-)
-
-
-def foreign_cookie_fields(cookie_json: Any) -> dict[str, Any]:
-    """The fields of a stored cookie object that this package does not write itself."""
-    if not isinstance(cookie_json, dict):
-        return {}
-    return {key: value for key, value in cookie_json.items() if key not in OWN_COOKIE_FIELDS}
-
-
-def stored_max_age(cookie_json: Any, default: int | None) -> int | None:
-    """The lifetime (seconds) recorded in express-session's cookie object, else ``default``."""
-    if isinstance(cookie_json, dict) and "originalMaxAge" in cookie_json:
-        original = cookie_json["originalMaxAge"]
-        if original is None:
-            return None
-        if isinstance(original, (int, float)) and original > 0:
-            return max(1, int(original) // 1000)
-    return default
 
 
 def _decode_uri_component(value: str) -> str | None:

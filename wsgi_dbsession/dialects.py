@@ -1,30 +1,47 @@
-"""What differs from one database to the next, decided once per store.
+"""Everything that differs from one database to the next: one class per database.
 
-The table is the one connect-session-knex creates, so a Node app and a Python
-app can share it; :class:`SessionJSON` and :class:`ExpiryTimestamp` give its
-columns the exact types and value formats of DESIGN.md's table.
+:func:`dialect_for` picks the class from SQLAlchemy's dialect name; nothing
+else in the package tests a database's name. Each class owns its column
+types and bind formats, the upsert, the compare-and-set comparison, the
+batch delete, table creation, the errors that mean a lost race, and its
+engine defaults. Adding a database (CockroachDB, TiDB, Oracle) means adding
+a class here and naming it in :data:`DIALECTS`.
+
+The table is the one connect-session-knex creates, so a Node app and a
+Python app can share it; :class:`SessionJSON` and :class:`ExpiryTimestamp`
+give its columns the exact types and value formats of DESIGN.md's table.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
-import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mssql, mysql, postgresql, sqlite
-from sqlalchemy.engine import Connection, Dialect
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import URL, Connection, Dialect
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlalchemy.sql.type_api import TypeEngine
 
-from .exceptions import StoreUnavailable
+from .express import UTC, from_iso, to_iso_z
+from .statements import Prepared, transaction
 
-UTC = dt.timezone.utc
+if TYPE_CHECKING:
+    from .statements import StatementRunner
+
+# Inserts or overwrites a row (params ``sid``, ``sess``, ``expired``) through a runner.
+Writer = Callable[["StatementRunner", dict[str, Any]], Any]
+
+# Seconds a new connection may take before the request fails with
+# StoreUnavailable instead of hanging a worker.
+CONNECT_TIMEOUT = 5  # seconds
+# Seconds a worker waits for another one that is creating the same table.
+CREATE_WAIT = 60
 
 
 class SessionJSON(sa.types.UserDefinedType[str]):
@@ -54,40 +71,18 @@ class _SQLiteTimestamp(sa.types.UserDefinedType[str]):
         return "timestamp"
 
 
-def to_iso_z(value: dt.datetime) -> str:
-    """JavaScript's ``Date.toISOString()``: UTC, milliseconds, ``Z``."""
-    value = value.astimezone(UTC)
-    return f"{value:%Y-%m-%dT%H:%M:%S}.{value.microsecond // 1000:03d}Z"
-
-
-def from_iso(text: str) -> dt.datetime:
-    """Parse the ISO text of ``Date.toISOString()`` (or Python's) as aware UTC."""
-    parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace(" ", "T"))
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-
-
 class ExpiryTimestamp(sa.types.TypeDecorator[dt.datetime]):
     """The ``expired`` column: always an aware UTC datetime to Python.
 
-    PostgreSQL gets ``timestamptz``; MySQL/MariaDB ``DATETIME`` and MSSQL
-    ``DATETIME2`` naive UTC; SQLite the ISO-8601 text with ``Z`` that
-    ``Date.toISOString()`` makes, so text comparison orders it correctly.
-    The process time zone and the database session time zone never matter.
+    Its database type and bind format are the dialect class's; the process
+    time zone and the database session time zone never matter.
     """
 
     impl = sa.DateTime
     cache_ok = True
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
-        if dialect.name == "postgresql":
-            return dialect.type_descriptor(postgresql.TIMESTAMP(timezone=True))
-        if dialect.name in ("mysql", "mariadb"):
-            return dialect.type_descriptor(mysql.DATETIME())
-        if dialect.name == "mssql":
-            return dialect.type_descriptor(mssql.DATETIME2())  # type: ignore[no-untyped-call]
-        if dialect.name == "sqlite":
-            return dialect.type_descriptor(_SQLiteTimestamp())
-        return dialect.type_descriptor(sa.DateTime(timezone=True))
+        return dialect.type_descriptor(dialect_for(dialect).expiry_type)
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
         if value is None:
@@ -95,18 +90,7 @@ class ExpiryTimestamp(sa.types.TypeDecorator[dt.datetime]):
         if value.tzinfo is None:
             # astimezone() would read it as the process's local time: refuse instead.
             raise ValueError("session expiry times must be timezone-aware datetimes (UTC)")
-        value = value.astimezone(UTC)
-        name = dialect.name
-        if name == "postgresql":
-            return value
-        if name == "sqlite":
-            return to_iso_z(value)
-        naive = value.replace(tzinfo=None)
-        if name in ("mysql", "mariadb"):
-            # DATETIME keeps whole seconds; MySQL would round, MariaDB truncate:
-            # truncate here so both store the same second knex would.
-            return naive.replace(microsecond=0)
-        return naive.replace(microsecond=naive.microsecond // 1000 * 1000)
+        return dialect_for(dialect).bind_expiry(value.astimezone(UTC))
 
     def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
         if value is None:
@@ -119,40 +103,274 @@ class ExpiryTimestamp(sa.types.TypeDecorator[dt.datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-Params = Mapping[str, Any]
-Upsert = Callable[[Connection, sa.Table, Params], None]
+def lock_key(resource: str) -> int:
+    """A stable signed 64-bit key for a named database lock."""
+    digest = hashlib.blake2b(resource.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
-@dataclass(frozen=True)
-class DialectStrategy:
-    """The statements that differ per database, chosen once from ``dialect.name``."""
+class SessionDialect:
+    """The portable fallback for any database SQLAlchemy speaks, and the base of the others.
 
-    name: str
-    # The ``sess`` column as exact text (PostgreSQL's driver would parse json).
-    sess_text: Callable[[sa.ColumnElement[Any]], sa.ColumnElement[Any]]
-    # ``sess`` equals the text read earlier: the compare in compare-and-set.
-    sess_equals: Callable[[sa.ColumnElement[Any], sa.BindParameter[Any]], sa.ColumnElement[bool]]
-    # The upsert, one of the two: a statement built once per table (its
-    # values are execute() parameters), or steps run on a connection.
-    upsert_statement: Callable[[sa.Table], Any] | None = None
-    upsert_steps: Upsert | None = None
+    Its upsert is an UPDATE, then an INSERT when no row matched, then the
+    UPDATE again when the INSERT lost a race.
+    """
+
+    default_driver: ClassVar[str | None] = None  # the driver a bare URL (``mysql://``) gets
+    # Drivers whose hot statements may run on the DBAPI cursor: those tested live.
+    driver_cursor_drivers: ClassVar[frozenset[str]] = frozenset()
+    connect_timeout_arg: ClassVar[Mapping[str, str]] = {}  # driver -> its connect-timeout argument
+    begin_sql: ClassVar[str] = "BEGIN"  # starts a transaction on an autocommit connection
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.sa_dialect = dialect
+
+    # -- types --------------------------------------------------------------
+
+    expiry_type: ClassVar[TypeEngine[Any]] = sa.DateTime(timezone=True)
+
+    def bind_expiry(self, value: dt.datetime) -> Any:
+        """An aware UTC expiry as this database's column takes it."""
+        naive = value.replace(tzinfo=None)
+        return naive.replace(microsecond=naive.microsecond // 1000 * 1000)
+
+    def sess_text(self, column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+        """The ``sess`` column as its exact stored text."""
+        return column
+
+    def sess_equals(
+        self, column: sa.ColumnElement[Any], value: sa.BindParameter[Any]
+    ) -> sa.ColumnElement[bool]:
+        """``sess`` still equals the text read earlier: the compare in compare-and-set."""
+        return column == value
+
+    # -- statements -----------------------------------------------------------
+
+    def writer(self, columns: SessionColumns) -> Writer:
+        """How a row is inserted or overwritten: here, :meth:`upsert` as one statement."""
+        upsert = Prepared(self.upsert(columns))
+        return lambda runner, params: runner.rowcount(upsert, params)
+
+    def upsert(self, columns: SessionColumns) -> Any:
+        """Insert or overwrite one row in one statement, with binds ``:sid :sess :expired``."""
+        raise NotImplementedError
+
+    def upsert_steps(self, conn: Connection, columns: SessionColumns, params: dict[str, Any]) -> None:
+        """The upsert as steps, where the database has no single statement for it."""
+        update = (
+            sa.update(columns.table)
+            .where(columns.sid == params["sid"])
+            .values({columns.sess: params["sess"], columns.expired: params["expired"]})
+        )
+        if conn.execute(update).rowcount:
+            return
+        try:
+            conn.execute(
+                sa.insert(columns.table).values(
+                    {
+                        columns.sid: params["sid"],
+                        columns.sess: params["sess"],
+                        columns.expired: params["expired"],
+                    }
+                )
+            )
+        except IntegrityError:
+            conn.execute(update)
+
+    def lock_row(self, select: sa.Select[Any], table: sa.Table) -> sa.Select[Any]:
+        """``select`` (from ``table``) taking a write lock on its row until the transaction ends."""
+        return select.with_for_update()
+
+    def batch_delete(self, columns: SessionColumns, batch_size: int) -> sa.Executable:
+        """Delete at most ``batch_size`` rows whose ``expired`` is before ``:now``, in one statement.
+
+        The expiry index finds the rows; a small batch is a short
+        transaction, so live requests never queue behind one long delete.
+        """
+        now = sa.bindparam("now", type_=ExpiryTimestamp())
+        expired_sids = sa.select(columns.sid).where(columns.expired < now).limit(batch_size)
+        return sa.delete(columns.table).where(columns.sid.in_(expired_sids))
+
+    # -- schema ---------------------------------------------------------------
+
+    def create_table(self, conn: Connection, table: sa.Table) -> None:
+        """Create ``table`` and its indexes unless they exist; safe when processes start together.
+
+        Here: check, then create; the store looks again after a failure.
+        """
+        table.create(conn, checkfirst=True)
+
+    # -- errors -----------------------------------------------------------------
+
+    def is_conflict(self, exc: DBAPIError) -> bool:
+        """Whether the error is a lost race (deadlock, certification conflict): try again."""
+        return False
+
+    # -- engines ----------------------------------------------------------------
+
+    @classmethod
+    def engine_options(cls, url: URL) -> dict[str, Any]:
+        """This database's additions to :func:`wsgi_dbsession.store.create_engine`'s defaults."""
+        options: dict[str, Any] = {}
+        timeout_arg = cls.connect_timeout_arg.get(url.get_driver_name())
+        if timeout_arg is not None and timeout_arg not in url.query:
+            options["connect_args"] = {timeout_arg: CONNECT_TIMEOUT}
+        return options
+
+    @classmethod
+    def on_connect(cls, url: URL) -> Callable[[Any, Any], None] | None:
+        """A ``connect`` event listener setting up each new connection, if the database needs one."""
+        return None
+
+    @property
+    def driver_cursor(self) -> bool:
+        """Whether hot statements may skip Core's per-execution bookkeeping."""
+        return self.sa_dialect.driver in self.driver_cursor_drivers
 
 
-def _as_text(column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
-    return sa.cast(column, sa.Text)
+class SessionColumns:
+    """The sessions table and its three columns, whatever the sid column is called."""
+
+    def __init__(self, table: sa.Table, sid_column: str) -> None:
+        self.table = table
+        self.sid: sa.Column[Any] = table.c[sid_column]
+        self.sess: sa.Column[Any] = table.c.sess
+        self.expired: sa.Column[Any] = table.c.expired
 
 
-def _same_column(column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
-    return column
+def _on_conflict_upsert(insert: Any, columns: SessionColumns) -> Any:
+    stmt = insert(columns.table).values(
+        {
+            columns.sid: sa.bindparam("sid"),
+            columns.sess: sa.bindparam("sess"),
+            columns.expired: sa.bindparam("expired", type_=ExpiryTimestamp()),
+        }
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=[columns.sid],
+        set_={columns.sess: stmt.excluded.sess, columns.expired: stmt.excluded.expired},
+    )
 
 
-def _text_equals(column: sa.ColumnElement[Any], value: sa.BindParameter[Any]) -> sa.ColumnElement[bool]:
-    return column == value
+def _create_if_not_exists(conn: Connection, table: sa.Table) -> None:
+    conn.execute(CreateTable(table, if_not_exists=True))
+    for index in table.indexes:
+        conn.execute(CreateIndex(index, if_not_exists=True))
 
 
-def _pg_text_equals(column: sa.ColumnElement[Any], value: sa.BindParameter[Any]) -> sa.ColumnElement[bool]:
-    # json keeps its input text verbatim, so comparing text is exact.
-    return sa.cast(column, sa.Text) == value
+class PostgreSQL(SessionDialect):
+    """``INSERT … ON CONFLICT``; ``timestamptz``; prepared statements off for PgBouncer."""
+
+    default_driver = "psycopg"
+    driver_cursor_drivers = frozenset(("psycopg",))
+    connect_timeout_arg: ClassVar[Mapping[str, str]] = {
+        "psycopg": "connect_timeout",
+        "psycopg2": "connect_timeout",
+    }
+    expiry_type = postgresql.TIMESTAMP(timezone=True)
+
+    def bind_expiry(self, value: dt.datetime) -> Any:
+        return value
+
+    def sess_text(self, column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+        return sa.cast(column, sa.Text)  # psycopg would parse json
+
+    def sess_equals(
+        self, column: sa.ColumnElement[Any], value: sa.BindParameter[Any]
+    ) -> sa.ColumnElement[bool]:
+        # json keeps its input text verbatim, so comparing text is exact.
+        return sa.cast(column, sa.Text) == value
+
+    def upsert(self, columns: SessionColumns) -> Any:
+        return _on_conflict_upsert(postgresql.insert, columns)
+
+    def create_table(self, conn: Connection, table: sa.Table) -> None:
+        # Two CREATE … IF NOT EXISTS at once can collide in the catalog; a
+        # transaction-scoped lock serializes them and, unlike a session
+        # lock, works through PgBouncer's transaction pooling.
+        with transaction(conn, self.begin_sql):
+            conn.execute(
+                sa.text("SELECT pg_advisory_xact_lock(:key)"),
+                {"key": lock_key(f"wsgi_dbsession create {table.fullname}")},
+            )
+            _create_if_not_exists(conn, table)
+
+    def is_conflict(self, exc: DBAPIError) -> bool:
+        return getattr(exc.orig, "sqlstate", None) in ("40001", "40P01")
+
+    @classmethod
+    def engine_options(cls, url: URL) -> dict[str, Any]:
+        options = super().engine_options(url)
+        if url.get_driver_name() == "psycopg" and "prepare_threshold" not in url.query:
+            # psycopg prepares a statement after 5 runs, and a pooler in
+            # transaction mode moves the next run to a connection that never
+            # saw it. The hot statements are tiny: preparing saves little.
+            options.setdefault("connect_args", {})["prepare_threshold"] = None
+        return options
+
+
+class MySQL(SessionDialect):
+    """MySQL and MariaDB: ``ON DUPLICATE KEY UPDATE``; ``DATETIME`` naive UTC; Galera-aware."""
+
+    default_driver = "pymysql"
+    driver_cursor_drivers = frozenset(("pymysql",))
+    connect_timeout_arg: ClassVar[Mapping[str, str]] = {
+        "pymysql": "connect_timeout",
+        "mysqldb": "connect_timeout",
+    }
+    expiry_type = mysql.DATETIME()
+    # 1213: deadlock, also a Galera certification conflict; 1205: lock wait timeout.
+    conflict_codes = frozenset((1213, 1205))
+
+    def bind_expiry(self, value: dt.datetime) -> Any:
+        # DATETIME keeps whole seconds; MySQL would round, MariaDB truncate:
+        # truncate here so both store the same second knex would.
+        return value.replace(tzinfo=None, microsecond=0)
+
+    def sess_equals(
+        self, column: sa.ColumnElement[Any], value: sa.BindParameter[Any]
+    ) -> sa.ColumnElement[bool]:
+        # MySQL's JSON type normalises its text, so compare JSON values there.
+        return column == _CastAsJSON(value)
+
+    def upsert(self, columns: SessionColumns) -> Any:
+        stmt = mysql.insert(columns.table).values(
+            {
+                columns.sid: sa.bindparam("sid"),
+                columns.sess: sa.bindparam("sess"),
+                columns.expired: sa.bindparam("expired", type_=ExpiryTimestamp()),
+            }
+        )
+        return stmt.on_duplicate_key_update(
+            {columns.sess: stmt.inserted.sess, columns.expired: stmt.inserted.expired}
+        )
+
+    def batch_delete(self, columns: SessionColumns, batch_size: int) -> sa.Executable:
+        # MySQL refuses LIMIT in an IN subquery but takes it on DELETE.
+        preparer = self.sa_dialect.identifier_preparer
+        target, column = preparer.format_table(columns.table), preparer.quote(columns.expired.name)
+        sql = f"DELETE FROM {target} WHERE {column} < :now LIMIT {int(batch_size)}"  # noqa: S608
+        return sa.text(sql).bindparams(sa.bindparam("now", type_=ExpiryTimestamp()))
+
+    def create_table(self, conn: Connection, table: sa.Table) -> None:
+        # One CREATE TABLE IF NOT EXISTS carrying its indexes: atomic, safe to
+        # race, and replicated by Galera as one event (two statements would be two).
+        preparer = self.sa_dialect.identifier_preparer
+        ddl = str(CreateTable(table, if_not_exists=True).compile(dialect=self.sa_dialect)).rstrip()
+        indexes = "".join(
+            f",\n\tINDEX {preparer.quote(str(index.name))} "
+            f"({', '.join(preparer.quote(column.name) for column in index.columns)})"
+            for index in table.indexes
+        )
+        assert ddl.endswith(")")
+        conn.exec_driver_sql(f"{ddl[:-1].rstrip()}{indexes}\n)")
+
+    def is_conflict(self, exc: DBAPIError) -> bool:
+        return _error_code(exc) in self.conflict_codes
+
+    @classmethod
+    def engine_options(cls, url: URL) -> dict[str, Any]:
+        return {**super().engine_options(url), "pool_recycle": 3600}  # below wait_timeout's 8 hours
 
 
 class _CastAsJSON(sa.sql.functions.FunctionElement[Any]):
@@ -168,193 +386,136 @@ def _cast_as_json(element: _CastAsJSON, compiler: Any, **kw: Any) -> str:
     return value if getattr(compiler.dialect, "is_mariadb", False) else f"CAST({value} AS JSON)"
 
 
-def _mysql_json_equals(column: sa.ColumnElement[Any], value: sa.BindParameter[Any]) -> sa.ColumnElement[bool]:
-    # MySQL's JSON type normalises its text, so compare JSON values there.
-    return column == _CastAsJSON(value)
-
-
-def _set_columns(table: sa.Table) -> tuple[str, str, str]:
-    sid, sess, expired = (column.name for column in table.columns)
-    return sid, sess, expired
-
-
-def _on_conflict(insert: Any) -> Callable[[sa.Table], Any]:
-    def build(table: sa.Table) -> Any:
-        sid, sess, expired = _set_columns(table)
-        stmt = insert(table)
-        return stmt.on_conflict_do_update(
-            index_elements=[table.c[sid]],
-            set_={sess: stmt.excluded[sess], expired: stmt.excluded[expired]},
-        )
-
-    return build
-
-
-def _on_duplicate_key(table: sa.Table) -> Any:
-    _, sess, expired = _set_columns(table)
-    stmt = mysql.insert(table)
-    return stmt.on_duplicate_key_update({sess: stmt.inserted[sess], expired: stmt.inserted[expired]})
-
-
-def mssql_merge(table: sa.Table, dialect: Dialect) -> sa.TextClause:
-    """``MERGE … WITH (HOLDLOCK)``: the lock makes the match-then-insert atomic."""
-    quote = dialect.identifier_preparer.quote
-    sid, sess, expired = (quote(name) for name in _set_columns(table))
-    target = dialect.identifier_preparer.format_table(table)
-    # Identifiers come quoted from the dialect's preparer; values are bound.
-    sql = (
-        f"MERGE INTO {target} WITH (HOLDLOCK) AS t "  # noqa: S608
-        f"USING (SELECT :sid AS sid, :sess AS sess, :expired AS expired) AS s "
-        f"ON t.{sid} = s.sid "
-        f"WHEN MATCHED THEN UPDATE SET t.{sess} = s.sess, t.{expired} = s.expired "
-        f"WHEN NOT MATCHED THEN INSERT ({sid}, {sess}, {expired}) "
-        f"VALUES (s.sid, s.sess, s.expired);"
-    )
-    return sa.text(sql).bindparams(
-        sa.bindparam("sid", type_=sa.Unicode(255)),
-        sa.bindparam("sess", type_=sa.UnicodeText()),
-        sa.bindparam("expired", type_=ExpiryTimestamp()),
-    )
-
-
-def _mssql_upsert(conn: Connection, table: sa.Table, params: Params) -> None:
-    sid, sess, expired = _set_columns(table)
-    conn.execute(
-        mssql_merge(table, conn.dialect),
-        {"sid": params[sid], "sess": params[sess], "expired": params[expired]},
-    )
-
-
-def _update_then_insert(conn: Connection, table: sa.Table, params: Params) -> None:
-    """Any other database: UPDATE, INSERT when no row matched, UPDATE again on a race."""
-    sid, sess, expired = _set_columns(table)
-    update = (
-        sa.update(table)
-        .where(table.c[sid] == params[sid])
-        .values({sess: params[sess], expired: params[expired]})
-    )
-    if conn.execute(update).rowcount:
-        return
-    try:
-        conn.execute(sa.insert(table).values(params))
-    except IntegrityError:
-        conn.execute(update)
-
-
-def strategy_for(dialect: Dialect) -> DialectStrategy:
-    """The strategy for a dialect; unknown dialects get the portable fallback."""
-    name = dialect.name
-    if name == "postgresql":
-        return DialectStrategy(
-            name, _as_text, _pg_text_equals, upsert_statement=_on_conflict(postgresql.insert)
-        )
-    if name == "sqlite":
-        return DialectStrategy(name, _same_column, _text_equals, upsert_statement=_on_conflict(sqlite.insert))
-    if name in ("mysql", "mariadb"):
-        return DialectStrategy(name, _same_column, _mysql_json_equals, upsert_statement=_on_duplicate_key)
-    if name == "mssql":
-        return DialectStrategy(name, _same_column, _text_equals, upsert_steps=_mssql_upsert)
-    return DialectStrategy(name, _same_column, _text_equals, upsert_steps=_update_then_insert)
-
-
-# Seconds a worker waits for another one that is creating the same table.
-CREATE_WAIT = 60
-_CREATE_POLL = 0.05  # seconds between tries of the creation lock
-
-
-def create_missing_table(conn: Connection, table: sa.Table) -> None:
-    """Create ``table`` and its indexes unless they exist; safe when workers start together.
-
-    Two ``CREATE TABLE IF NOT EXISTS`` at once can still fail (PostgreSQL
-    collides in its catalog; MySQL has no ``CREATE INDEX IF NOT EXISTS``), so
-    on servers the creation holds the database's named lock for the table:
-    the others wait, then find the table there. SQLite's file lock
-    serializes its ``IF NOT EXISTS`` statements already.
-    """
-    if conn.dialect.name == "sqlite":
-        conn.execute(CreateTable(table, if_not_exists=True))
-        for index in table.indexes:
-            conn.execute(CreateIndex(index, if_not_exists=True))
-        return
-    lock = prune_lock(conn.dialect, f"wsgi_dbsession create {table.fullname}")
-    if lock is None:  # the caller's check after a failed CREATE covers the race here
-        table.create(conn, checkfirst=True)
-        return
-    deadline = time.monotonic() + CREATE_WAIT
-    while not conn.execute(lock.acquire, lock.params).scalar():
-        if time.monotonic() > deadline:
-            raise StoreUnavailable(f"another process kept creating {table.fullname!r} for {CREATE_WAIT} s")
-        time.sleep(_CREATE_POLL)
-    try:
-        table.create(conn, checkfirst=True)
-    finally:
-        conn.execute(lock.release, lock.params)
-
-
-# -- pruning ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LockStatements:
-    """A named try-lock owned by a database session (a connection), not a transaction.
-
-    ``acquire`` answers one row whose first value is true when the lock was
-    taken; it never waits. ``release`` gives the lock back. Both take
-    ``params``. The database frees the lock itself when the connection ends,
-    so a process that dies never keeps it.
-    """
-
-    acquire: sa.TextClause
-    release: sa.TextClause
-    params: Mapping[str, Any]
-
-
-_MSSQL_GETAPPLOCK = (
-    "DECLARE @result int; "
-    "EXEC @result = sp_getapplock @Resource = :name, @LockMode = 'Exclusive', "
-    "@LockOwner = 'Session', @LockTimeout = 0; "
-    "SELECT CASE WHEN @result >= 0 THEN 1 ELSE 0 END"
+_MSSQL_APPLOCK = (
+    "EXEC sp_getapplock @Resource = :name, @LockMode = 'Exclusive', "
+    "@LockOwner = 'Transaction', @LockTimeout = :timeout_ms"
 )
-_MSSQL_RELEASEAPPLOCK = "EXEC sp_releaseapplock @Resource = :name, @LockOwner = 'Session'"
 
 
-def prune_lock(dialect: Dialect, resource: str) -> LockStatements | None:
-    """The database's own try-lock named after ``resource``; None where there is none (SQLite)."""
-    digest = hashlib.blake2b(resource.encode(), digest_size=8).digest()
-    name = dialect.name
-    if name == "postgresql":
-        return LockStatements(
-            sa.text("SELECT pg_try_advisory_lock(:key)"),
-            sa.text("SELECT pg_advisory_unlock(:key)"),
-            {"key": int.from_bytes(digest, "big", signed=True)},
+class MSSQL(SessionDialect):
+    """``MERGE … WITH (HOLDLOCK)``; ``DATETIME2`` naive UTC; ``NVARCHAR(max)`` JSON."""
+
+    default_driver = "pymssql"
+    connect_timeout_arg: ClassVar[Mapping[str, str]] = {"pymssql": "login_timeout"}
+    begin_sql = "BEGIN TRANSACTION"
+    expiry_type = mssql.DATETIME2()  # type: ignore[no-untyped-call]
+
+    def upsert(self, columns: SessionColumns) -> Any:
+        """``MERGE … WITH (HOLDLOCK)``: the lock makes the match-then-insert atomic."""
+        preparer = self.sa_dialect.identifier_preparer
+        sid, sess, expired = (preparer.quote(c.name) for c in (columns.sid, columns.sess, columns.expired))
+        target = preparer.format_table(columns.table)
+        # Identifiers come quoted from the dialect's preparer; values are bound.
+        sql = (
+            f"MERGE INTO {target} WITH (HOLDLOCK) AS t "  # noqa: S608
+            f"USING (SELECT :sid AS sid, :sess AS sess, :expired AS expired) AS s "
+            f"ON t.{sid} = s.sid "
+            f"WHEN MATCHED THEN UPDATE SET t.{sess} = s.sess, t.{expired} = s.expired "
+            f"WHEN NOT MATCHED THEN INSERT ({sid}, {sess}, {expired}) "
+            f"VALUES (s.sid, s.sess, s.expired);"
         )
-    params = {"name": f"wsgi_dbsession:{digest.hex()}"}
-    if name in ("mysql", "mariadb"):
-        return LockStatements(
-            sa.text("SELECT GET_LOCK(:name, 0)"), sa.text("SELECT RELEASE_LOCK(:name)"), params
+        return sa.text(sql).bindparams(
+            sa.bindparam("sid", type_=sa.Unicode(255)),
+            sa.bindparam("sess", type_=sa.UnicodeText()),
+            sa.bindparam("expired", type_=ExpiryTimestamp()),
         )
-    if name == "mssql":
-        return LockStatements(sa.text(_MSSQL_GETAPPLOCK), sa.text(_MSSQL_RELEASEAPPLOCK), params)
-    return None
+
+    def lock_row(self, select: sa.Select[Any], table: sa.Table) -> sa.Select[Any]:
+        # SQLAlchemy renders no FOR UPDATE for MSSQL: the table hint is its row lock.
+        return select.with_hint(table, "WITH (UPDLOCK, ROWLOCK)", "mssql")
+
+    def batch_delete(self, columns: SessionColumns, batch_size: int) -> sa.Executable:
+        preparer = self.sa_dialect.identifier_preparer
+        target, column = preparer.format_table(columns.table), preparer.quote(columns.expired.name)
+        sql = f"DELETE TOP ({int(batch_size)}) FROM {target} WHERE {column} < :now"
+        return sa.text(sql).bindparams(sa.bindparam("now", type_=ExpiryTimestamp()))
+
+    def create_table(self, conn: Connection, table: sa.Table) -> None:
+        # A transaction-owned application lock: the second creator waits, then finds the table.
+        with transaction(conn, self.begin_sql):
+            conn.execute(
+                sa.text(_MSSQL_APPLOCK),
+                {"name": f"wsgi_dbsession create {table.fullname}", "timeout_ms": CREATE_WAIT * 1000},
+            )
+            table.create(conn, checkfirst=True)
+
+    def is_conflict(self, exc: DBAPIError) -> bool:
+        return bool(_error_code(exc) == 1205)  # chosen as the deadlock victim
 
 
-def batch_delete(table: sa.Table, dialect: Dialect, batch_size: int) -> sa.Delete | sa.TextClause:
-    """Delete at most ``batch_size`` rows whose ``expired`` is before ``:now``, in one statement.
+class SQLite(SessionDialect):
+    """``INSERT … ON CONFLICT``; ISO text timestamps; WAL and a busy timeout on files."""
 
-    The expiry index finds the rows; a small batch is a short transaction,
-    so live requests never queue behind one long delete.
-    """
-    sid, _, expired = _set_columns(table)
-    now = sa.bindparam("now", type_=ExpiryTimestamp())
-    if dialect.name in ("mysql", "mariadb", "mssql"):
-        preparer = dialect.identifier_preparer
-        target, column = preparer.format_table(table), preparer.quote(expired)
-        size = int(batch_size)  # only an int reaches the SQL text
-        # MySQL refuses LIMIT in an IN subquery but takes it on DELETE; MSSQL has TOP.
-        if dialect.name == "mssql":
-            sql = f"DELETE TOP ({size}) FROM {target} WHERE {column} < :now"
-        else:
-            sql = f"DELETE FROM {target} WHERE {column} < :now LIMIT {size}"  # noqa: S608
-        return sa.text(sql).bindparams(now)
-    expired_sids = sa.select(table.c[sid]).where(table.c[expired] < now).limit(batch_size)
-    return sa.delete(table).where(table.c[sid].in_(expired_sids))
+    driver_cursor_drivers = frozenset(("pysqlite",))
+    begin_sql = "BEGIN IMMEDIATE"  # takes the write lock now, not at the first write
+    expiry_type = _SQLiteTimestamp()
+
+    def bind_expiry(self, value: dt.datetime) -> Any:
+        return to_iso_z(value)
+
+    def upsert(self, columns: SessionColumns) -> Any:
+        return _on_conflict_upsert(sqlite.insert, columns)
+
+    def lock_row(self, select: sa.Select[Any], table: sa.Table) -> sa.Select[Any]:
+        return select  # BEGIN IMMEDIATE holds the database's write lock already
+
+    def create_table(self, conn: Connection, table: sa.Table) -> None:
+        with transaction(conn, self.begin_sql):
+            _create_if_not_exists(conn, table)
+
+    def is_conflict(self, exc: DBAPIError) -> bool:
+        return "database is locked" in str(exc.orig)
+
+    @classmethod
+    def on_connect(cls, url: URL) -> Callable[[Any, Any], None] | None:
+        if url.database in (None, "", ":memory:"):
+            return None
+        return _sqlite_pragmas
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets readers and one writer in several processes work at once;
+    # with WAL, synchronous=NORMAL keeps every committed transaction across a
+    # process crash (only an OS crash can lose the last ones) without an
+    # fsync per commit. Pass your own engine to choose FULL.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _error_code(exc: DBAPIError) -> Any:
+    """The numeric code PyMySQL and pymssql put first in an error's args."""
+    args: tuple[Any, ...] = getattr(exc.orig, "args", ())
+    return args[0] if args else None
+
+
+class _Generic(SessionDialect):
+    def writer(self, columns: SessionColumns) -> Writer:
+        return lambda runner, params: runner.run(lambda conn: self.upsert_steps(conn, columns, params))
+
+
+# SQLAlchemy's dialect names, and the class of each.
+DIALECTS: dict[str, type[SessionDialect]] = {
+    "postgresql": PostgreSQL,
+    "mysql": MySQL,
+    "mariadb": MySQL,
+    "mssql": MSSQL,
+    "sqlite": SQLite,
+}
+
+
+def dialect_class(backend: str) -> type[SessionDialect]:
+    """The class for a backend name (``URL.get_backend_name()``); the fallback for unknown ones."""
+    return DIALECTS.get(backend, _Generic)
+
+
+@functools.lru_cache(maxsize=32)
+def _dialect_for(dialect: Dialect) -> SessionDialect:
+    return dialect_class(dialect.name)(dialect)
+
+
+def dialect_for(dialect: Dialect) -> SessionDialect:
+    """The dialect object for a SQLAlchemy dialect (one per SQLAlchemy dialect)."""
+    return _dialect_for(dialect)

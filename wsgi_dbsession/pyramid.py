@@ -16,18 +16,18 @@ the middleware saves it.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from pyramid.interfaces import ISession, ISessionFactory
 from zope.interface import classImplements, implementer
 
-from .middleware import SessionMiddleware
+from .manager import SessionManager
+from .middleware import cache_headers
 from .session import Session
 from .settings import parse_settings
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIEnvironment
     from pyramid.config import Configurator
     from pyramid.request import Request
     from pyramid.response import Response
@@ -50,36 +50,32 @@ def session_factory_from_settings(settings: Mapping[str, Any]) -> DBSessionFacto
 
 @implementer(ISessionFactory)
 class DBSessionFactory:
-    """Pyramid's session factory, taking SessionMiddleware's keyword options.
+    """Pyramid's session factory, taking the keyword options of :class:`~wsgi_dbsession.options.Options`.
 
     ``close()`` stops the prune job and closes the pool at shutdown; the
     factory is ``registry.getUtility(ISessionFactory)``.
     """
 
     def __init__(self, **options: Any) -> None:
-        # The middleware's request cycle without its WSGI side: Pyramid opens
-        # the session through open_session and saves it through save_session.
-        self.middleware = SessionMiddleware(_not_wrapped, **options)
+        self.manager = SessionManager(**options)
 
     def __repr__(self) -> str:
-        return f"<DBSessionFactory {self.middleware.store!r}>"
+        return f"<DBSessionFactory {self.manager.store!r}>"
 
     def __call__(self, request: Request) -> Session:
         environ = request.environ
-        wrapped = environ.get(self.middleware.environ_key)
+        wrapped = environ.get(self.manager.options.environ_key)
         if isinstance(wrapped, Session):
             return wrapped  # an enclosing SessionMiddleware opened it and will save it
-        session = self.middleware.open_session(environ)
+        session = self.manager.open_session(environ)
         request.add_response_callback(functools.partial(self._save, session))
         return session
 
     def _save(self, session: Session, request: Request, response: Response) -> None:
-        response.headerlist.extend(self.middleware.save_session(session, request.environ))
+        cookies = self.manager.save_session(session, request.environ)
+        response.headerlist[:] = cache_headers(response.headerlist, set_cookie=bool(cookies))
+        response.headerlist.extend(cookies)
 
     def close(self) -> None:
         """Stop the prune job and close the pool (call it at shutdown)."""
-        self.middleware.close()
-
-
-def _not_wrapped(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-    raise TypeError("a DBSessionFactory's middleware wraps no app; wrap yours in a SessionMiddleware")
+        self.manager.close()

@@ -14,35 +14,34 @@ import datetime as dt
 import hmac
 import logging
 import secrets
-import time
 from collections.abc import Iterator, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .cookies import SessionCookie, foreign_cookie_fields, generate_sid, stored_max_age
-from .exceptions import (
-    ConcurrentUpdateError,
-    ConfigurationError,
-    SerializationError,
-    SessionTooLarge,
-    StoreUnavailable,
-)
-from .store import SessionStore, StoredSession, utcnow
+from . import express
+from .cookies import SessionCookie, generate_sid
+from .exceptions import SerializationError, SessionTooLarge, StoreUnavailable
+from .express import RESERVED_KEYS, Record
+from .store import SessionStore, utcnow
 
 log = logging.getLogger(__name__)
 
-# How long the row of a browser-session cookie (max_age=None) lives without
-# activity: connect-session-knex's one day.
-BROWSER_SESSION_ROW_LIFETIME = 86400  # seconds
-# Keys of the stored JSON that belong to the session machinery, not the app:
-# express-session's cookie object, and the creation time (epoch seconds).
-COOKIE_KEY = "cookie"
-CREATED_KEY = "_created"
-RESERVED_KEYS = frozenset((COOKIE_KEY, CREATED_KEY))
 # Pyramid's storage keys, so a Pyramid app's sessions look the same here.
 FLASH_PREFIX = "_f_"
 CSRF_KEY = "_csrft_"
-MAX_MERGE_ATTEMPTS = 5
+# Compare-and-set merges tried before a contended save takes a row lock.
+OPTIMISTIC_MERGES = 3
+
+
+@dataclass(frozen=True)
+class StoredRow:
+    """The session's row as this request last read or wrote it."""
+
+    sid: str = field(repr=False)  # a session id is a credential: never in a repr
+    text: str = field(repr=False)  # the exact stored JSON: what compare-and-set compares
+    baseline: str = field(repr=False)  # the app's data as serialized then: nested changes show against it
+    expires: dt.datetime
+    max_age: int | None  # the lifetime it was stored with (seconds; None: browser session)
 
 
 @dataclass(frozen=True)
@@ -63,18 +62,10 @@ class SessionFactory:
 
     store: SessionStore
     cookie: SessionCookie
-    max_age: int | None = 86400  # seconds; None: browser-session cookie
-    rolling: bool = False  # extend the expiry on activity, not only on writes
-    touch_after: int = 60  # seconds between two expiry touches of an unchanged session
-    max_size: int | None = None  # bytes of serialized session; None: no limit
-
-    def __post_init__(self) -> None:
-        if self.max_age is not None and self.max_age <= 0:
-            raise ConfigurationError("max_age must be a positive number of seconds, or None")
-        if self.touch_after < 0:
-            raise ConfigurationError("touch_after must be zero or more seconds")
-        if self.max_size is not None and self.max_size <= 0:
-            raise ConfigurationError("max_size must be a positive number of bytes, or None")
+    max_age: int | None  # seconds; None: browser-session cookie
+    rolling: bool  # extend the expiry on activity, not only on writes
+    touch_after: int  # seconds between two expiry touches of an unchanged session
+    max_size: int | None  # bytes of serialized session; None: no limit
 
     def open(self, cookie_header: str | None) -> Session:
         """The session of a request with this ``Cookie`` header; loads nothing yet."""
@@ -89,25 +80,18 @@ class Session(MutableMapping[str, Any]):
     """
 
     __slots__ = (
-        "_baseline",
         "_changed",
-        "_cookie_extra",
         "_cookie_header",
         "_cookie_update",
-        "_created",
         "_data",
         "_doomed_sid",
         "_expire_cookie",
-        "_expires",
         "_factory",
         "_load_error",
         "_loaded",
-        "_max_age",
-        "_new",
-        "_renamed_from",
+        "_record",
+        "_row",
         "_sid",
-        "_stored",
-        "_text",
     )
 
     def __init__(self, factory: SessionFactory, cookie_header: str | None) -> None:
@@ -133,47 +117,35 @@ class Session(MutableMapping[str, Any]):
             self._load_error = exc  # kept for the middleware, even if the app swallows it
             raise
         self._doomed_sid: str | None = None
-        self._renamed_from: str | None = None
         self._expire_cookie = False
         self._cookie_update: CookieUpdate | None = None
         self._loaded = True
-        if stored is None or not self._adopt(sid, stored):
+        record = self._decode(stored.text, now) if stored is not None else None
+        if record is None or sid is None or stored is None:
             self._start_fresh(now)
-
-    def _adopt(self, sid: str | None, stored: StoredSession) -> bool:
-        try:
-            payload = self._factory.store.serializer.loads(stored.text)
-        except ValueError:
-            payload = None
-        if not isinstance(payload, dict):
-            log.warning("a stored session could not be decoded; starting a fresh one")
-            return False
-        cookie = payload.pop(COOKIE_KEY, None)
-        created = payload.pop(CREATED_KEY, None)
-        self._data = payload
-        self._sid = sid
-        self._stored = True
-        self._new = False
-        self._text: str | None = stored.text
-        self._baseline: str | None = self._dumps(payload)
-        self._created = float(created) if isinstance(created, (int, float)) else time.time()
-        self._expires = stored.expires
-        self._max_age = stored_max_age(cookie, self._factory.max_age)
-        self._cookie_extra: dict[str, Any] = foreign_cookie_fields(cookie)
+            return
+        self._data = record.data
+        self._record = record
+        self._sid: str | None = sid
+        self._row: StoredRow | None = StoredRow(
+            sid, stored.text, self._dumps(record.data), stored.expires, record.max_age
+        )
         self._changed = False
-        return True
+
+    def _decode(self, text: str, now: dt.datetime) -> Record | None:
+        try:
+            record = express.decode(self._factory.store.serializer.loads(text), self._factory.max_age, now)
+        except ValueError:
+            record = None
+        if record is None:
+            log.warning("a stored session could not be decoded; starting a fresh one")
+        return record
 
     def _start_fresh(self, now: dt.datetime) -> None:
         self._data = {}
+        self._record = Record(data=self._data, created=now.timestamp(), max_age=self._factory.max_age)
         self._sid = None
-        self._stored = False
-        self._new = True
-        self._text = None
-        self._baseline = None
-        self._created = now.timestamp()
-        self._expires = now
-        self._max_age = self._factory.max_age
-        self._cookie_extra = {}
+        self._row = None
         self._changed = False
 
     # -- the mapping ------------------------------------------------------------
@@ -182,6 +154,8 @@ class Session(MutableMapping[str, Any]):
         return self._mapping()[key]
 
     def __setitem__(self, key: str, value: Any) -> None:
+        if not isinstance(key, str):
+            raise SerializationError(f"session keys must be strings, not {key!r}", repr(key))
         if key in RESERVED_KEYS:
             raise KeyError(f"{key!r} is reserved for the session machinery; choose another key")
         self._mapping()[key] = value
@@ -203,7 +177,7 @@ class Session(MutableMapping[str, Any]):
     def __repr__(self) -> str:
         if not self._loaded:
             return "<Session (not loaded)>"
-        return f"<Session new={self._new} keys={sorted(self._data)!r}>"
+        return f"<Session new={self._row is None} keys={sorted(self._data)!r}>"
 
     # -- Pyramid's ISession and friends ---------------------------------------
 
@@ -219,13 +193,13 @@ class Session(MutableMapping[str, Any]):
     def new(self) -> bool:
         """True when this request started the session (no row was loaded)."""
         self._mapping()
-        return self._new
+        return self._row is None
 
     @property
     def created(self) -> float:
         """When the session was created, in seconds since the epoch."""
         self._mapping()
-        return self._created
+        return self._record.created
 
     @property
     def load_error(self) -> StoreUnavailable | None:
@@ -249,10 +223,9 @@ class Session(MutableMapping[str, Any]):
         saved under a new id.
         """
         self._mapping()
-        if self._stored and self._doomed_sid is None:
-            self._doomed_sid = self._renamed_from or self._sid
+        if self._row is not None:
+            self._doomed_sid = self._row.sid  # the stored id, even after a regenerate()
         self._start_fresh(utcnow())
-        self._renamed_from = None
         self._expire_cookie = True
 
     def regenerate(self) -> None:
@@ -262,23 +235,23 @@ class Session(MutableMapping[str, Any]):
         attacker before login is worthless after it.
         """
         self._mapping()
-        if self._stored and self._renamed_from is None:
-            self._renamed_from = self._sid
         self._sid = generate_sid()
         self._changed = True
 
     def set_expiry(self, seconds: int | None) -> None:
         """Give this session its own lifetime ("remember me"); None: until the browser closes."""
-        if seconds is not None and seconds <= 0:
-            raise ValueError("seconds must be positive, or None")
+        if seconds is not None and (
+            isinstance(seconds, bool) or not isinstance(seconds, int) or seconds <= 0
+        ):
+            raise ValueError("seconds must be a positive whole number of seconds, or None")
         self._mapping()
-        self._max_age = seconds
+        self._record = replace(self._record, max_age=seconds)
         self._changed = True
 
     def get_expiry(self) -> int | None:
         """This session's lifetime in seconds (None: a browser-session cookie)."""
         self._mapping()
-        return self._max_age
+        return self._record.max_age
 
     def flash(self, msg: Any, queue: str = "", allow_duplicate: bool = True) -> None:
         """Queue a message for a later request (Pyramid's flash API)."""
@@ -339,23 +312,23 @@ class Session(MutableMapping[str, Any]):
             store.destroy(self._doomed_sid)
             self._doomed_sid = None
         now = utcnow()
-        if not self._stored:
+        row = self._row
+        if row is None:
             if headers_sent and self._data:
                 log.warning(
                     "a session created after the response started was not stored: no cookie could carry it"
                 )
                 return None
             return self._save_new(now, secure)
-        assert self._sid is not None
-        if self._renamed_from is not None:
-            return self._save_renamed(now, secure)
-        if self._changed or self._dumps(self._data) != self._baseline:
-            return self._save_changed(now, secure)
-        if not headers_sent and self._factory.rolling and self._touch_due(now):
-            expires = now + dt.timedelta(seconds=self._lifetime())
-            if store.touch(self._sid, expires):
-                self._expires = expires
-                return CookieUpdate(self._sid, self._max_age)
+        if self._sid != row.sid:
+            return self._save_renamed(row, now, secure)
+        if self._changed or self._dumps(self._data) != row.baseline:
+            return self._save_changed(row, now, secure)
+        if not headers_sent and self._factory.rolling and self._touch_due(row, now):
+            expires = now + dt.timedelta(seconds=self._record.lifetime())
+            if store.touch(row.sid, expires):
+                self._row = replace(row, expires=expires)
+                return CookieUpdate(row.sid, self._record.max_age)
         return None
 
     def _save_new(self, now: dt.datetime, secure: bool) -> CookieUpdate | None:
@@ -366,75 +339,81 @@ class Session(MutableMapping[str, Any]):
         sid = self.id
         text, expires = self._serialize(self._data, now, secure)
         self._factory.store.write(sid, text, expires)
-        self._mark_saved(text, expires)
-        return CookieUpdate(sid, self._max_age)
+        self._mark_saved(sid, text, expires)
+        return CookieUpdate(sid, self._record.max_age)
 
-    def _save_renamed(self, now: dt.datetime, secure: bool) -> CookieUpdate:
-        assert self._sid is not None and self._renamed_from is not None
+    def _save_renamed(self, row: StoredRow, now: dt.datetime, secure: bool) -> CookieUpdate:
+        assert self._sid is not None
         store = self._factory.store
         text, expires = self._serialize(self._data, now, secure)
-        if not store.rename(self._renamed_from, self._sid, text, expires):
+        if not store.rename(row.sid, self._sid, text, expires):
             store.write(self._sid, text, expires)  # the old row was gone; the app asked for a session
-        self._renamed_from = None
-        self._mark_saved(text, expires)
-        return CookieUpdate(self._sid, self._max_age)
+        self._mark_saved(self._sid, text, expires)
+        return CookieUpdate(self._sid, self._record.max_age)
 
-    def _save_changed(self, now: dt.datetime, secure: bool) -> CookieUpdate | None:
-        assert self._sid is not None and self._text is not None
+    def _save_changed(self, row: StoredRow, now: dt.datetime, secure: bool) -> CookieUpdate | None:
         text, expires = self._serialize(self._data, now, secure)
-        if self._factory.store.replace(self._sid, text, expires, expected=self._text):
-            self._mark_saved(text, expires)
-        elif not self._merge(now, secure, expires):
+        if self._factory.store.replace(row.sid, text, expires, expected=row.text):
+            self._mark_saved(row.sid, text, expires)
+        elif not self._merge(row, now, secure, expires):
             self._start_fresh(now)  # ended by another request (logout wins): nothing left to save
             return None
-        return CookieUpdate(self._sid, self._max_age) if self._max_age is not None else None
+        max_age = self._record.max_age
+        # A lifetime cookie moves its expiry on every write; any change of lifetime is sent.
+        if max_age is not None or max_age != row.max_age:
+            return CookieUpdate(row.sid, max_age)
+        return None
 
-    def _merge(self, now: dt.datetime, secure: bool, expires: dt.datetime) -> bool:
+    def _merge(self, row: StoredRow, now: dt.datetime, secure: bool, expires: dt.datetime) -> bool:
         """Another request wrote the row since it was loaded: apply this request's
-        key-level changes on top of what is stored now (compare-and-set, retried).
+        key-level changes on top of what is stored now.
 
+        Optimistic compare-and-set first; when it keeps losing to other
+        writers, a short row-locking transaction guarantees progress.
         Returns False when the row is gone (the session was invalidated or
         expired meanwhile): it is not brought back.
         """
-        assert self._sid is not None and self._baseline is not None
-        store, serializer = self._factory.store, self._factory.store.serializer
-        base = serializer.loads(self._baseline)
-        dumps = self._dumps
+        serializer, dumps = self._factory.store.serializer, self._dumps
+        base = serializer.loads(row.baseline)
         updated = {k: v for k, v in self._data.items() if k not in base or dumps(v) != dumps(base[k])}
         removed = [k for k in base if k not in self._data]
-        for _ in range(MAX_MERGE_ATTEMPTS):
-            current = store.load(self._sid, now)
-            if current is None:
-                log.info("a session was deleted by another request while this one changed it")
-                return False
-            merged = serializer.loads(current.text)
-            for key in RESERVED_KEYS:
-                merged.pop(key, None)
+        merged: dict[str, Any] = {}
+
+        def rewrite(current: str) -> tuple[str, dt.datetime]:
+            nonlocal merged
+            merged = express.strip_reserved(serializer.loads(current))
             merged.update(updated)
             for key in removed:
                 merged.pop(key, None)
-            text, _ = self._serialize(merged, now, secure)
-            if store.replace(self._sid, text, expires, expected=current.text):
-                self._data = merged
-                self._mark_saved(text, expires)
-                return True
-        raise ConcurrentUpdateError(
-            f"the session kept changing under {MAX_MERGE_ATTEMPTS} attempts to save it; try the request again"
-        )
+            return self._serialize(merged, now, secure)[0], expires
 
-    def _mark_saved(self, text: str, expires: dt.datetime) -> None:
-        self._stored = True
-        self._text = text
-        self._baseline = self._dumps(self._data)
-        self._expires = expires
+        store = self._factory.store
+        saved: bool | None = None
+        for _ in range(OPTIMISTIC_MERGES):
+            current = store.load(row.sid, now)
+            if current is None:
+                saved = False
+            elif store.replace(row.sid, rewrite(current.text)[0], expires, expected=current.text):
+                saved = True
+            if saved is not None:
+                break
+        if saved is None:
+            log.debug("a contended session is saved under a row lock")
+            saved = store.replace_locked(row.sid, now, rewrite)
+        if not saved:
+            log.info("a session was deleted by another request while this one changed it")
+            return False
+        self._data = merged
+        self._mark_saved(row.sid, self._serialize(merged, now, secure)[0], expires)
+        return True
+
+    def _mark_saved(self, sid: str, text: str, expires: dt.datetime) -> None:
+        self._row = StoredRow(sid, text, self._dumps(self._data), expires, self._record.max_age)
         self._changed = False
 
-    def _lifetime(self) -> int:
-        return self._max_age if self._max_age is not None else BROWSER_SESSION_ROW_LIFETIME
-
-    def _touch_due(self, now: dt.datetime) -> bool:
-        remaining = (self._expires - now).total_seconds()
-        return self._lifetime() - remaining >= self._factory.touch_after
+    def _touch_due(self, row: StoredRow, now: dt.datetime) -> bool:
+        remaining = (row.expires - now).total_seconds()
+        return self._record.lifetime() - remaining >= self._factory.touch_after
 
     def _dumps(self, data: dict[str, Any]) -> str:
         try:
@@ -444,11 +423,11 @@ class Session(MutableMapping[str, Any]):
 
     def _serialize(self, data: dict[str, Any], now: dt.datetime, secure: bool) -> tuple[str, dt.datetime]:
         """The stored text (express's cookie object first) and the new expiry."""
-        expires = now + dt.timedelta(seconds=self._lifetime())
-        meta = self._factory.cookie.express_json(
-            max_age=self._max_age, expires=expires, secure=secure, extra=self._cookie_extra
+        record = self._record
+        expires = now + dt.timedelta(seconds=record.lifetime())
+        text = self._dumps(
+            record.to_json(data, expires=expires, secure=secure, cookie=self._factory.cookie.attributes)
         )
-        text = self._dumps({COOKIE_KEY: meta, CREATED_KEY: self._created, **data})
         try:
             size = len(text.encode("utf-8"))
         except UnicodeEncodeError as exc:  # a lone surrogate: no database can store it

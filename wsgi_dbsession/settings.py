@@ -1,8 +1,8 @@
-"""String settings (ini files, Pyramid settings) turned into SessionMiddleware's keyword arguments.
+"""String settings (ini files, Pyramid and Flask settings) turned into keyword options.
 
 The only place this package parses strings. Which type each option takes is
-read from :class:`~wsgi_dbsession.middleware.SessionMiddleware`'s own
-signature, so an option added there is understood here at once. The rules,
+read from :class:`~wsgi_dbsession.options.Options`, so an option added
+there is understood here at once. The rules,
 in order:
 
 - a value that is not a string (set from Python code) is kept as it is;
@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import collections.abc
 import difflib
-import functools
 import inspect
 import pkgutil
-import sys
-import types
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, get_origin
 
 from .exceptions import ConfigurationError
-from .middleware import SessionMiddleware
+from .options import members as option_members
+from .options import option_types
 
 _TRUE = frozenset(("true", "yes", "on", "1"))
 _FALSE = frozenset(("false", "no", "off", "0"))
@@ -88,29 +86,6 @@ _PARSERS: list[tuple[Callable[[Any], bool], Callable[[str], Any], str]] = [
 ]
 
 
-@functools.cache
-def option_types() -> dict[str, Any]:
-    """Every keyword-only option of SessionMiddleware, with its type."""
-    namespace = vars(sys.modules[SessionMiddleware.__module__])
-    return {
-        # The annotations are the package's own source text (postponed by
-        # ``from __future__ import annotations``), never a setting's value.
-        name: eval(param.annotation, namespace)  # noqa: S307
-        for name, param in inspect.signature(SessionMiddleware.__init__).parameters.items()
-        if param.kind is param.KEYWORD_ONLY
-    }
-
-
-def _members(hint: Any) -> list[Any]:
-    """A type as a flat list: classes, ``None``'s type, literal values, generic aliases."""
-    origin = get_origin(hint)
-    if origin is Union or origin is types.UnionType:
-        return [member for arg in get_args(hint) for member in _members(arg)]
-    if origin is Literal:
-        return list(get_args(hint))
-    return [hint]
-
-
 def coerce(name: str, value: Any, hint: Any) -> Any:
     """``value`` of the setting ``name`` as the type ``hint`` wants it.
 
@@ -119,7 +94,7 @@ def coerce(name: str, value: Any, hint: Any) -> Any:
     """
     if not isinstance(value, str):
         return value
-    members = _members(hint)
+    members = option_members(hint)
     text = value.strip()
     word = text.lower()
     if word in [member for member in members if isinstance(member, str)]:
@@ -139,7 +114,7 @@ def coerce(name: str, value: Any, hint: Any) -> Any:
 
 
 def parse_settings(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """SessionMiddleware's keyword arguments from the settings whose names start with ``prefix``.
+    """The keyword options from the settings whose names start with ``prefix``.
 
     Settings without the prefix are ignored; one with the prefix that names
     no option is an error (a typo would otherwise be silently ignored).

@@ -11,37 +11,29 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
-import sys
 import threading
-import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.engine import URL, Connection, Dialect, Engine, make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 
-from .dialects import UTC, ExpiryTimestamp, SessionJSON, batch_delete, create_missing_table, strategy_for
-from .exceptions import ConfigurationError, StoreError, StoreUnavailable
+from .dialects import (
+    ExpiryTimestamp,
+    SessionColumns,
+    SessionJSON,
+    dialect_class,
+    dialect_for,
+)
+from .exceptions import ConfigurationError, StoreError
+from .express import UTC
+from .statements import Observer, Prepared, StatementRunner, transaction
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SQLITE_FILE = "wsgi_dbsession.sqlite"
 PRUNE_BATCH_SIZE = 1000  # rows deleted per statement (and per transaction) by a prune
-# The drivers this package is tested with, used when a URL names none.
-_DEFAULT_DRIVERS = {"postgresql": "psycopg", "mysql": "pymysql", "mariadb": "pymysql", "mssql": "pymssql"}
-
-# Seconds a new connection may take before the request fails with
-# StoreUnavailable instead of hanging a worker; by driver, the argument that
-# bounds it (psycopg: the whole handshake; pymysql: the TCP connect only).
-CONNECT_TIMEOUT = 5  # seconds
-_CONNECT_TIMEOUT_ARGS = {
-    "psycopg": "connect_timeout",
-    "pymysql": "connect_timeout",
-    "pymssql": "login_timeout",
-}
 
 T = TypeVar("T")
 
@@ -87,8 +79,9 @@ def utcnow() -> dt.datetime:
 def normalize_url(url: str | URL) -> URL:
     """Give a bare ``postgresql://``, ``mysql://`` or ``mssql://`` URL its tested driver."""
     parsed = make_url(url)
-    if "+" not in parsed.drivername and parsed.drivername in _DEFAULT_DRIVERS:
-        parsed = parsed.set(drivername=f"{parsed.drivername}+{_DEFAULT_DRIVERS[parsed.drivername]}")
+    driver = dialect_class(parsed.get_backend_name()).default_driver
+    if "+" not in parsed.drivername and driver is not None:
+        parsed = parsed.set(drivername=f"{parsed.drivername}+{driver}")
     return parsed
 
 
@@ -100,12 +93,14 @@ def create_engine(url: str | URL | None = None, **options: Any) -> Engine:
     disconnect instead). ``url=None`` is the SQLite file
     ``wsgi_dbsession.sqlite`` in the working directory, in WAL mode with a
     5 s busy timeout and ``synchronous=NORMAL``. Connecting gives up after
-    :data:`CONNECT_TIMEOUT` seconds unless the URL or ``connect_args`` says
-    otherwise, and statement parameters (session ids, session data) are kept
-    out of logs and error messages. ``options`` go to
-    :func:`sqlalchemy.create_engine` and win over these defaults.
+    :data:`~wsgi_dbsession.dialects.CONNECT_TIMEOUT` seconds unless the URL
+    or ``connect_args`` says otherwise, and statement parameters (session
+    ids, session data) are kept out of logs and error messages. The
+    database's class in :mod:`wsgi_dbsession.dialects` adds its own
+    defaults. ``options`` go to :func:`sqlalchemy.create_engine` and win.
     """
     parsed = normalize_url(url if url is not None else f"sqlite:///{DEFAULT_SQLITE_FILE}")
+    dialect = dialect_class(parsed.get_backend_name())
     defaults: dict[str, Any] = {
         "isolation_level": "AUTOCOMMIT",
         "pool_reset_on_return": None,
@@ -113,27 +108,21 @@ def create_engine(url: str | URL | None = None, **options: Any) -> Engine:
         "pool_pre_ping": False,
         "hide_parameters": True,
     }
-    timeout_arg = _CONNECT_TIMEOUT_ARGS.get(parsed.get_driver_name())
-    if timeout_arg is not None and timeout_arg not in parsed.query:
-        options["connect_args"] = {timeout_arg: CONNECT_TIMEOUT, **options.get("connect_args", {})}
-    if parsed.get_backend_name() in ("mysql", "mariadb"):
-        defaults["pool_recycle"] = 3600  # below MySQL's default wait_timeout of 8 hours
-    engine = sa.create_engine(parsed, **{**defaults, **options})
-    if engine.dialect.name == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        sa.event.listen(engine, "connect", _sqlite_pragmas)
+    engine = sa.create_engine(parsed, **_merge_options(defaults, dialect.engine_options(parsed), options))
+    on_connect = dialect.on_connect(parsed)
+    if on_connect is not None:
+        sa.event.listen(engine, "connect", on_connect)
     return engine
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # WAL lets readers and one writer in several processes work at once;
-    # with WAL, synchronous=NORMAL keeps every committed transaction across a
-    # process crash (only an OS crash can lose the last ones) without an
-    # fsync per commit. Pass your own engine to choose FULL.
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
+def _merge_options(*layers: dict[str, Any]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        connect_args = {**merged.get("connect_args", {}), **layer.get("connect_args", {})}
+        merged.update(layer)
+        if connect_args:
+            merged["connect_args"] = connect_args
+    return merged
 
 
 class SessionStore:
@@ -149,11 +138,12 @@ class SessionStore:
         *,
         url: str | URL | None = None,
         engine: Engine | None = None,
-        table_name: str = "sessions",
+        table_name: str = "sessions",  # may be "schema.table"
         sid_column: str = "sid",
         schema: str | None = None,
         create_table: bool = True,
         serializer: Serializer | None = None,
+        driver_cursor: bool | None = None,  # hot statements on the DBAPI cursor; None: where tested
     ) -> None:
         if url is not None and engine is not None:
             raise ConfigurationError("give url or engine, not both")
@@ -173,96 +163,63 @@ class SessionStore:
             sa.Index(f"{table_name}_expired_index", "expired"),
             schema=schema,
         )
-        self.dialect = strategy_for(self.engine.dialect)
+        self.columns = columns = SessionColumns(self.table, sid_column)
+        self.dialect = dialect = dialect_for(self.engine.dialect)
         self._table_ready = not create_table
         self._table_lock = threading.Lock()
-        _STORES.add(self)
+        self.runner = StatementRunner(
+            self.engine,
+            dialect,
+            driver_cursor=dialect.driver_cursor if driver_cursor is None else driver_cursor,
+            before_use=self._ensure_table,
+        )
 
-        table, sid, expired = self.table, self.table.c[sid_column], self.table.c.expired
-        self._sid = sid
-        self._select = sa.select(self.dialect.sess_text(table.c.sess).label("sess"), expired).where(
-            sid == sa.bindparam("sid"), expired >= sa.bindparam("now", type_=ExpiryTimestamp())
-        )
-        self._replace = (
+        table, sid, sess, expired = self.table, columns.sid, columns.sess, columns.expired
+        expiry = ExpiryTimestamp()
+        self._live = (sid == sa.bindparam("sid")) & (expired >= sa.bindparam("now", type_=expiry))
+        self._select = Prepared(sa.select(dialect.sess_text(sess).label("sess"), expired).where(self._live))
+        self._replace = Prepared(
             sa.update(table)
-            .where(sid == sa.bindparam("b_sid"))
-            .where(self.dialect.sess_equals(table.c.sess, sa.bindparam("expected", type_=sa.UnicodeText())))
-            .values(sess=sa.bindparam("sess"), expired=sa.bindparam("expired"))
+            .where(sid == sa.bindparam("b_sid"))  # SET's columns keep their own names for binds
+            .where(dialect.sess_equals(sess, sa.bindparam("expected", type_=sa.UnicodeText())))
+            .values({sess: sa.bindparam("sess"), expired: sa.bindparam("expired", type_=expiry)})
         )
-        self._rename = (
+        self._rename = Prepared(
             sa.update(table)
             .where(sid == sa.bindparam("old_sid"))
             .values(
                 {
                     sid: sa.bindparam("new_sid"),
-                    "sess": sa.bindparam("sess"),
-                    "expired": sa.bindparam("expired"),
+                    sess: sa.bindparam("sess"),
+                    expired: sa.bindparam("expired", type_=expiry),
                 }
             )
         )
-        self._touch = (
-            sa.update(table).where(sid == sa.bindparam("b_sid")).values(expired=sa.bindparam("expired"))
+        self._touch = Prepared(
+            sa.update(table)
+            .where(sid == sa.bindparam("b_sid"))
+            .values({expired: sa.bindparam("expired", type_=expiry)})
         )
-        self._delete = sa.delete(table).where(sid == sa.bindparam("b_sid"))
-        self._driver_cursor = self.engine.dialect.name in _DRIVER_CURSOR_DIALECTS
-        hot = {
-            "select": self._select,
-            "replace": self._replace,
-            "rename": self._rename,
-            "touch": self._touch,
-            "delete": self._delete,
-        }
-        if self.dialect.upsert_statement is not None:
-            hot["upsert"] = self.dialect.upsert_statement(table)
-        self._hot = {name: _DriverStatement(stmt) for name, stmt in hot.items()}
+        self._delete = Prepared(sa.delete(table).where(sid == sa.bindparam("b_sid")))
+        self._write = dialect.writer(columns)
 
     def __repr__(self) -> str:
         url = self.engine.url.render_as_string(hide_password=True)
         return f"<SessionStore {self.table.fullname!r} on {url!r}>"
 
-    # -- plumbing ---------------------------------------------------------
+    def on_statement(self, observer: Observer) -> Callable[[], None]:
+        """Call ``observer(sql, parameters)`` before each statement this store sends; returns its remover.
+
+        For instrumentation: unlike SQLAlchemy's cursor events, it also sees
+        the statements that run on the driver's cursor.
+        """
+        return self.runner.observe(observer)
+
+    # -- the table --------------------------------------------------------------
 
     def run(self, work: Callable[[Connection], T]) -> T:
-        """Run ``work`` on a pooled connection, retrying once after a disconnect.
-
-        A connection that died (database restarted, idle timeout) is noticed
-        by the statement that uses it; that statement runs again on a fresh
-        connection instead of paying a pre-ping on every checkout.
-        """
-
-        def attempt() -> T:
-            with self.engine.connect() as conn:
-                result = work(conn)
-                if _needs_commit(conn.dialect, conn.connection.dbapi_connection):
-                    conn.commit()
-                return result
-
-        return self._retrying(attempt)
-
-    def _run_hot(self, statement: _DriverStatement, params: dict[str, Any], *, fetch: bool = False) -> Any:
-        """A hot statement: on the driver's cursor while nothing observes the engine, else through Core.
-
-        Returns the first row (``fetch``) or the row count.
-        """
-        if self._driver_cursor and not _observed(self.engine):
-            return self._retrying(lambda: statement.execute(self.engine, params, fetch=fetch))
-        if fetch:
-            return self.run(lambda conn: conn.execute(statement.statement, params).first())
-        return self.run(lambda conn: conn.execute(statement.statement, params).rowcount)
-
-    def _retrying(self, attempt: Callable[[], T]) -> T:
-        self._ensure_table()
-        for number in (1, 2):
-            try:
-                return attempt()
-            except DBAPIError as exc:
-                if exc.connection_invalidated and number == 1:
-                    log.info("session store connection was lost; retrying on a fresh one")
-                    continue
-                raise _store_error(exc) from exc
-            except sa.exc.TimeoutError as exc:  # the pool stayed exhausted for pool_timeout
-                raise StoreUnavailable(f"no session database connection became free: {exc}") from exc
-        raise AssertionError("unreachable")
+        """Run ``work`` on a pooled connection, retried after a disconnect or a lost race."""
+        return self.runner.run(work)
 
     def _ensure_table(self) -> None:
         if self._table_ready:
@@ -273,19 +230,29 @@ class SessionStore:
 
     def create_table(self) -> None:
         """Create the table and its expiry index when missing; safe to race."""
-        try:
-            with self.engine.connect() as conn:
-                create_missing_table(conn, self.table)
-                conn.commit()
-        except DBAPIError as exc:
-            # Another process may have created it between our check and our CREATE.
-            try:
-                exists = sa.inspect(self.engine).has_table(self.table.name, schema=self.table.schema)
-            except DBAPIError:
-                exists = False  # the database is unreachable: report the first error
-            if not exists:
-                raise _store_error(exc) from exc
+        self.create(self.table)
         self._table_ready = True
+
+    def create(self, table: sa.Table) -> None:
+        """Create ``table`` (this store's or a helper table) the way the dialect makes it race-safe."""
+        try:
+            self.runner.run(lambda conn: self.dialect.create_table(conn, table), prepare=False)
+        except StoreError:
+            # Another process may have created it between a check and a CREATE.
+            if not self.has_table(table):
+                raise
+        except Exception as exc:  # a driver failing outside its DBAPI errors (cut off mid-reply)
+            raise StoreError(f"the table {table.fullname!r} could not be created: {exc!r}") from exc
+
+    def has_table(self, table: sa.Table | None = None) -> bool:
+        """Whether the table exists (False also when the database cannot be asked)."""
+        table = self.table if table is None else table
+        try:
+            return self.runner.run(
+                lambda conn: sa.inspect(conn).has_table(table.name, schema=table.schema), prepare=False
+            )
+        except StoreError:
+            return False
 
     def dispose(self) -> None:
         """Close pooled connections (only those of an engine this store created)."""
@@ -296,27 +263,46 @@ class SessionStore:
 
     def load(self, sid: str, now: dt.datetime | None = None) -> StoredSession | None:
         """The live row for ``sid``; an expired row is never returned."""
-        row = self._run_hot(self._hot["select"], {"sid": sid, "now": now or utcnow()}, fetch=True)
+        row = self.runner.first(self._select, {"sid": sid, "now": now or utcnow()})
         return None if row is None else StoredSession(row[0], row[1])
 
     def write(self, sid: str, text: str, expires: dt.datetime) -> None:
-        """Insert or overwrite the row, in one statement (the dialect's upsert)."""
-        params = {self._sid.name: sid, "sess": text, "expired": expires}
-        steps = self.dialect.upsert_steps
-        if steps is None:
-            self._run_hot(self._hot["upsert"], params)
-        else:
-            self.run(lambda conn: steps(conn, self.table, params))
+        """Insert or overwrite the row, in one statement where the database has one."""
+        self._write(self.runner, {"sid": sid, "sess": text, "expired": expires})
 
     def replace(self, sid: str, text: str, expires: dt.datetime, *, expected: str) -> bool:
         """Compare-and-set: overwrite only while ``sess`` is still ``expected``."""
         params = {"b_sid": sid, "sess": text, "expired": expires, "expected": expected}
-        return bool(self._run_hot(self._hot["replace"], params) == 1)
+        return self.runner.rowcount(self._replace, params) == 1
+
+    def replace_locked(
+        self, sid: str, now: dt.datetime, rewrite: Callable[[str], tuple[str, dt.datetime]]
+    ) -> bool:
+        """Under a row lock, overwrite the live row with ``rewrite(its text)``; False when none is live.
+
+        The slow path that always makes progress, for when compare-and-set
+        keeps losing to concurrent writers: a short transaction whose
+        locking read makes the others wait their turn.
+        """
+        columns, dialect = self.columns, self.dialect
+        select = dialect.lock_row(sa.select(dialect.sess_text(columns.sess)).where(self._live), self.table)
+        update = sa.update(self.table).where(columns.sid == sa.bindparam("b_sid"))
+
+        def work(conn: Connection) -> bool:
+            with transaction(conn, dialect.begin_sql):
+                current = conn.execute(select, {"sid": sid, "now": now}).scalar()
+                if current is None:
+                    return False
+                text, expires = rewrite(current)
+                conn.execute(update.values({columns.sess: text, columns.expired: expires}), {"b_sid": sid})
+                return True
+
+        return self.runner.run(work)
 
     def rename(self, old_sid: str, new_sid: str, text: str, expires: dt.datetime) -> bool:
         """Move a row to a new id with new contents, atomically (session regeneration)."""
         params = {"old_sid": old_sid, "new_sid": new_sid, "sess": text, "expired": expires}
-        return bool(self._run_hot(self._hot["rename"], params) == 1)
+        return self.runner.rowcount(self._rename, params) == 1
 
     # -- the public store API ------------------------------------------------
 
@@ -331,71 +317,46 @@ class SessionStore:
 
     def touch(self, sid: str, expires: dt.datetime) -> bool:
         """Move the expiry of an existing row; False when there is no such row."""
-        return bool(self._run_hot(self._hot["touch"], {"b_sid": sid, "expired": expires}) == 1)
+        return self.runner.rowcount(self._touch, {"b_sid": sid, "expired": expires}) == 1
 
     def destroy(self, sid: str) -> None:
         """Delete the row for ``sid`` (nothing happens when there is none)."""
-        self._run_hot(self._hot["delete"], {"b_sid": sid})
+        self.runner.rowcount(self._delete, {"b_sid": sid})
 
-    def prune(
-        self,
-        now: dt.datetime | None = None,
-        *,
-        batch_size: int = PRUNE_BATCH_SIZE,  # rows per statement
-        connection: Connection | None = None,
-    ) -> int:
+    def prune(self, now: dt.datetime | None = None, *, batch_size: int = PRUNE_BATCH_SIZE) -> int:
         """Delete every row expired before ``now``, in batches; returns how many went.
 
-        It takes no lock: :func:`wsgi_dbsession.cleanup.prune_once` does.
+        It takes no lock: :func:`wsgi_dbsession.prune.prune_once` does.
         """
-        return sum(self.prune_batches(now, batch_size=batch_size, connection=connection))
+        return sum(self.prune_batches(now, batch_size=batch_size))
 
     def prune_batches(
-        self,
-        now: dt.datetime | None = None,
-        *,
-        batch_size: int = PRUNE_BATCH_SIZE,  # rows per statement
-        connection: Connection | None = None,
+        self, now: dt.datetime | None = None, *, batch_size: int = PRUNE_BATCH_SIZE
     ) -> Iterator[int]:
         """Delete expired rows ``batch_size`` at a time; yields each batch's count.
 
         Each batch is one statement in its own transaction, so a live request
         never waits longer than one batch. ``now`` is fixed before the first
         batch: rows expiring meanwhile are left for the next prune, so the
-        loop ends under steady traffic. The batches run on ``connection``
-        when given (the one holding the prune lock), else each on a pooled
-        connection.
+        loop ends under steady traffic.
         """
         if batch_size < 1:
             raise ConfigurationError("the prune batch size must be at least 1 row")
-        stmt = batch_delete(self.table, self.engine.dialect, batch_size)
+        stmt = self.dialect.batch_delete(self.columns, batch_size)
         params = {"now": now or utcnow()}
-
-        def delete(conn: Connection) -> int:
-            return int(conn.execute(stmt, params).rowcount)
-
         while True:
-            if connection is None:
-                deleted = self.run(delete)
-            else:
-                self._ensure_table()
-                try:
-                    deleted = delete(connection)
-                    if _needs_commit(connection.dialect, connection.connection.dbapi_connection):
-                        connection.commit()
-                except DBAPIError as exc:
-                    raise _store_error(exc) from exc
+            deleted = self.runner.run(lambda conn: int(conn.execute(stmt, params).rowcount))
             yield deleted
             if deleted < batch_size:
                 return
 
     def count(self, *, expired: bool = False, now: dt.datetime | None = None) -> int:
         """How many live rows there are (``expired=True``: how many expired ones)."""
-        column = self.table.c.expired
+        column = self.columns.expired
         bound = sa.bindparam("now", type_=ExpiryTimestamp())
         condition = column < bound if expired else column >= bound
         stmt = sa.select(sa.func.count()).select_from(self.table).where(condition)
-        return int(self.run(lambda conn: conn.execute(stmt, {"now": now or utcnow()}).scalar_one()))
+        return int(self.runner.run(lambda conn: conn.execute(stmt, {"now": now or utcnow()}).scalar_one()))
 
     def stats(self, now: dt.datetime | None = None) -> SessionStats:
         """How many rows are live and how many expired, at ``now``."""
@@ -404,145 +365,4 @@ class SessionStore:
 
     def clear(self) -> None:
         """Delete every row, live or not."""
-        self.run(lambda conn: conn.execute(sa.delete(self.table)))
-
-
-# A connection used by two processes mixes their conversations, and gunicorn
-# --preload builds the store before it forks: a child starts with an empty
-# pool. close=False leaves the parent's connections alone.
-_STORES: weakref.WeakSet[SessionStore] = weakref.WeakSet()
-
-
-def _forget_inherited_pools() -> None:
-    for store in list(_STORES):
-        store.engine.dispose(close=False)
-
-
-if sys.platform != "win32":
-    os.register_at_fork(after_in_child=_forget_inherited_pools)
-
-
-def _needs_commit(dialect: Dialect, dbapi_connection: Any) -> bool:
-    """Whether the statement's transaction must be committed.
-
-    Not on an autocommit connection, where PyMySQL's ``commit()`` would still
-    send a COMMIT: a hidden round trip per statement. A dialect that cannot
-    tell (pymssql) gets its commit.
-    """
-    try:
-        return dbapi_connection is None or not dialect.detect_autocommit_setting(dbapi_connection)
-    except NotImplementedError:
-        return True
-
-
-# Dialects whose hot statements may run on the driver's own cursor: the ones
-# whose drivers (sqlite3, psycopg, PyMySQL) are tested live here.
-_DRIVER_CURSOR_DIALECTS = frozenset(("sqlite", "postgresql", "mysql", "mariadb"))
-
-
-def _observed(engine: Engine) -> bool:
-    """Whether something watches the engine's statements (instrumentation, tests, echo)."""
-    dispatch = engine.dispatch
-    return bool(dispatch.before_cursor_execute or dispatch.after_cursor_execute or engine.echo)
-
-
-class _DriverStatement:
-    """A hot statement compiled once for an engine and run on a pooled connection's DBAPI cursor.
-
-    A primary-key lookup on a nearby database takes less time than
-    SQLAlchemy's per-execution bookkeeping (execution context, result
-    object). This keeps the Core statement, the dialect's SQL and the
-    types' bind and result processing, and skips only that bookkeeping.
-    The store uses it only while nothing listens to the engine's cursor
-    events or echoes its SQL, so instrumentation sees every statement.
-    """
-
-    def __init__(self, statement: Any) -> None:
-        self.statement = statement
-        self._compiled: _CompiledStatement | None = None
-
-    def execute(self, engine: Engine, params: dict[str, Any], *, fetch: bool) -> Any:
-        """The first row (``fetch``) or the row count; driver errors come out as SQLAlchemy's."""
-        dialect = engine.dialect
-        dbapi_error = dialect.loaded_dbapi.Error
-        pooled = None
-        cursor = None
-        sql = None
-        try:
-            pooled = engine.raw_connection()
-            # Compiled once connected: MySQL's SQL differs for MariaDB, known only then.
-            compiled = self._compiled or self._compile(dialect)
-            sql = compiled.sql
-            parameters = compiled.parameters(params)
-            cursor = pooled.cursor()
-            cursor.execute(sql, parameters)
-            result = compiled.row(cursor.fetchone()) if fetch else cursor.rowcount
-            cursor.close()
-            if _needs_commit(dialect, pooled.dbapi_connection):
-                pooled.commit()
-            return result
-        except dbapi_error as exc:
-            invalidated = pooled is not None and dialect.is_disconnect(exc, pooled.dbapi_connection, cursor)
-            if invalidated:
-                # As Core does: the server restarted or dropped us, so every
-                # connection pooled before now is recycled, not just this one.
-                engine.pool._invalidate(pooled, exc)  # type: ignore[arg-type]
-            raise DBAPIError.instance(
-                sql,
-                None,
-                exc,
-                dbapi_error,
-                hide_parameters=True,
-                dialect=dialect,
-                connection_invalidated=invalidated,
-            ) from exc
-        finally:
-            if pooled is not None:
-                pooled.close()
-
-    def _compile(self, dialect: Dialect) -> _CompiledStatement:
-        self._compiled = _CompiledStatement(self.statement, dialect)
-        return self._compiled
-
-
-class _CompiledStatement:
-    """A statement's SQL for one dialect, with the processing of its parameters and row."""
-
-    def __init__(self, statement: Any, dialect: Dialect) -> None:
-        self.compiled = compiled = statement.compile(dialect=dialect)
-        self.sql = compiled.string
-        escaped = compiled.escaped_bind_names
-        self.bind_processors = {
-            escaped.get(key, key): processor
-            for key, bind in compiled.binds.items()
-            if (processor := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
-        }
-        columns = getattr(statement, "selected_columns", ())
-        self.result_processors = [
-            column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns
-        ]
-
-    def parameters(self, params: dict[str, Any]) -> Any:
-        values = self.compiled.construct_params(params)
-        try:
-            for name, process in self.bind_processors.items():
-                values[name] = process(values[name])
-        except Exception as exc:  # as Core reports a value its type refuses
-            raise sa.exc.StatementError(str(exc), self.sql, None, exc) from exc
-        if self.compiled.positiontup is not None:
-            return tuple(values[name] for name in self.compiled.positiontup)
-        return values
-
-    def row(self, row: Any) -> tuple[Any, ...] | None:
-        if row is None:
-            return None
-        return tuple(
-            value if process is None else process(value)
-            for value, process in zip(row, self.result_processors, strict=True)
-        )
-
-
-def _store_error(exc: DBAPIError) -> StoreError:
-    if exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError)):
-        return StoreUnavailable(f"the session database is unavailable: {exc.orig!r}")
-    return StoreError(f"the session table could not be used: {exc.orig!r}")
+        self.runner.run(lambda conn: conn.execute(sa.delete(self.table)))

@@ -1,0 +1,151 @@
+"""Every option of the package: its one default, its unit, and its one check.
+
+:class:`Options` is what :class:`~wsgi_dbsession.manager.SessionManager`
+takes; ``SessionMiddleware``, the Pyramid factory, the Paste filter and the
+Flask extension pass their options through to it, and
+:mod:`wsgi_dbsession.settings` reads the types of string settings from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+from collections.abc import Sequence
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+from sqlalchemy.engine import URL, Engine
+
+from .cookies import SameSite, Secure
+from .exceptions import ConfigurationError
+from .store import PRUNE_BATCH_SIZE, Serializer
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Options:
+    """The options of a session manager, each checked at construction."""
+
+    secret: str | Sequence[str] | None = None  # required: >= 32 chars each; the first signs, all verify
+    url: str | URL | None = None  # SQLAlchemy URL of the session database
+    engine: Engine | None = None  # or an Engine you built (then url must be None)
+    environ_key: str = "dbsession"  # where the session is put in the WSGI environ
+    cookie_name: str = "connect.sid"  # express-session's default name
+    max_age: int | None = 86400  # seconds a session lives; None: browser-session cookie
+    rolling: bool = False  # extend the expiry on every request, not only on writes
+    touch_after: int = 60  # seconds; with rolling, at most one expiry update per this interval
+    secure: Secure = "auto"  # Secure flag: True, False, or "auto" (when wsgi.url_scheme is https)
+    httponly: bool = True  # HttpOnly flag: the cookie is hidden from JavaScript
+    samesite: SameSite | None = "lax"  # SameSite attribute; None leaves it out
+    domain: str | None = None  # Domain attribute; None: the host that answered
+    path: str = "/"  # Path attribute
+    table_name: str = "sessions"  # may be "schema.table"
+    sid_column: str = "sid"  # name of the session id column
+    schema: str | None = None  # schema of the table, where the database has schemas
+    create_table: bool = True  # create the table and its index on first use when missing
+    cleanup_interval: float = 60  # seconds between prunes of expired rows; 0 disables
+    cleanup_batch_size: int = PRUNE_BATCH_SIZE  # rows per delete statement of a prune
+    serializer: Serializer | None = None  # dumps/loads to and from JSON text; default json
+    max_size: int | None = None  # bytes; a larger serialized session is an error
+    unavailable_status: int = 503  # HTTP status when the session database is unreachable
+    override_app_errors: bool = True  # after an outage hit the session load, unavailable_status
+    # replaces the app's own 5xx answer or exception (a framework's error page)
+
+    def __post_init__(self) -> None:
+        hints = option_types()
+        for option in dataclasses.fields(self):
+            _check_type(option.name, getattr(self, option.name), hints[option.name])
+        if self.url is not None and self.engine is not None:
+            raise ConfigurationError("give url or engine, not both")
+        _positive("max_age", self.max_age, "seconds, or None for a browser-session cookie")
+        _positive("max_size", self.max_size, "bytes, or None for no limit")
+        _positive("cleanup_batch_size", self.cleanup_batch_size, "rows")
+        if self.touch_after < 0:
+            raise ConfigurationError("touch_after must be zero or more seconds")
+        if self.cleanup_interval < 0:
+            raise ConfigurationError("cleanup_interval must be 0 (disabled) or a number of seconds")
+        if not 500 <= self.unavailable_status <= 599:
+            raise ConfigurationError("unavailable_status must be a 5xx HTTP status")
+
+    @classmethod
+    def from_keywords(cls, options: dict[str, Any]) -> Options:
+        """Options from keyword arguments, naming the nearest option for a misspelt one."""
+        return cls(**_known(options))
+
+
+def _known(options: dict[str, Any]) -> dict[str, Any]:
+    for name in options:
+        if name not in option_types():
+            close = difflib.get_close_matches(name, option_types(), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigurationError(f"unknown option {name!r}{hint}")
+    return options
+
+
+def _positive(name: str, value: int | None, unit: str) -> None:
+    if value is not None and value <= 0:
+        raise ConfigurationError(f"{name} must be a positive number of {unit}")
+
+
+_OPTION_TYPES: dict[str, Any] = {}
+
+
+def option_types() -> dict[str, Any]:
+    """Every option's name and type, in the order :class:`Options` declares them."""
+    if not _OPTION_TYPES:
+        hints = get_type_hints(Options)
+        _OPTION_TYPES.update({option.name: hints[option.name] for option in dataclasses.fields(Options)})
+    return _OPTION_TYPES
+
+
+def option_defaults() -> dict[str, Any]:
+    """Every option's default."""
+    return {option.name: option.default for option in dataclasses.fields(Options)}
+
+
+def members(hint: Any) -> list[Any]:
+    """A type as a flat list: classes, ``None``'s type, literal values, generic aliases."""
+    origin = get_origin(hint)
+    if origin is Union or origin is types.UnionType:
+        return [member for arg in get_args(hint) for member in members(arg)]
+    if origin is Literal:
+        return list(get_args(hint))
+    return [hint]
+
+
+def _accepts(member: Any, value: Any) -> bool:
+    if not isinstance(member, type) and get_origin(member) is None:
+        return bool(value == member and type(value) is type(member))  # a literal
+    if member is type(None):
+        return value is None
+    if member is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if member is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    origin = get_origin(member)
+    if origin is not None:  # Sequence[str]
+        return isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value)
+    if getattr(member, "_is_protocol", False):
+        return all(callable(getattr(value, name, None)) for name in ("dumps", "loads"))
+    return isinstance(value, member)
+
+
+def _check_type(name: str, value: Any, hint: Any) -> None:
+    if any(_accepts(member, value) for member in members(hint)):
+        return
+    wanted = " or ".join(
+        repr(member) if get_origin(member) is None and not isinstance(member, type) else _describe(member)
+        for member in members(hint)
+    )
+    hint_text = " (settings from a file or the environment: use wsgi_dbsession.settings.parse_settings)"
+    raise ConfigurationError(
+        f"{name} = {value!r} is a {type(value).__name__}; expected {wanted}"
+        + (hint_text if isinstance(value, str) else "")
+    )
+
+
+def _describe(member: Any) -> str:
+    if member is type(None):
+        return "None"
+    if get_origin(member) is not None:
+        return "a list of str"
+    return str(getattr(member, "__name__", member))

@@ -1,0 +1,311 @@
+"""How the store's statements reach the database: one path, with a fast lane for hot statements.
+
+Every statement runs through :class:`StatementRunner`, which owns what
+surrounds it: a fresh pool in a forked process, one retry on a fresh
+connection after a disconnect, retries of a lost race (a deadlock, a
+cluster's certification conflict), and the translation of driver errors
+into the package's own.
+
+The hot statements of the request path (:class:`Prepared`) are compiled
+once and, where the dialect allows, run on the pooled connection's DBAPI
+cursor: a primary-key lookup on a nearby database takes less time than
+SQLAlchemy's per-execution bookkeeping. That lane keeps the Core
+statement, the dialect's SQL, the types' bind and result processing, and
+Core's disconnect handling, using only public API
+(:meth:`Engine.raw_connection`, :meth:`PoolProxiedConnection.invalidate`,
+:meth:`Compiled.construct_params`, ``positiontup``, the types'
+``bind_processor``/``result_processor``). Statement observers
+(:meth:`StatementRunner.observe`) see the statements of both lanes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from .exceptions import StoreError, StoreUnavailable
+
+if TYPE_CHECKING:
+    from .dialects import SessionDialect
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# Sees each statement's SQL and its parameters as the driver gets them.
+Observer = Callable[[str, Any], None]
+
+# A lost race is tried again this many times, after a random pause of up to
+# CONFLICT_PAUSE * 2**attempt seconds, before it is reported.
+CONFLICT_RETRIES = 6
+CONFLICT_PAUSE = 0.002  # seconds
+
+
+class Prepared:
+    """A hot statement and, once connected, its SQL and value processing for the engine's dialect."""
+
+    def __init__(self, statement: Any) -> None:
+        self.statement = statement
+        self.compiled: _Compiled | None = None
+
+    def compile(self, dialect: Dialect) -> _Compiled:
+        # Compiled once connected: MySQL's SQL differs for MariaDB, known only then.
+        if self.compiled is None:
+            self.compiled = _Compiled(self.statement, dialect)
+        return self.compiled
+
+
+class _Compiled:
+    def __init__(self, statement: Any, dialect: Dialect) -> None:
+        self.compiled = compiled = statement.compile(dialect=dialect)
+        self.sql: str = compiled.string
+        self.positions = compiled.positiontup
+        self.bind_processors = [
+            (name, processor)
+            for name, bind in compiled.binds.items()
+            if (processor := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
+        ]
+        columns = getattr(statement, "selected_columns", ())
+        self.result_processors = [
+            column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns
+        ]
+
+    def parameters(self, params: dict[str, Any]) -> Any:
+        values = self.compiled.construct_params(params)
+        try:
+            for name, process in self.bind_processors:
+                values[name] = process(values[name])
+        except Exception as exc:  # as Core reports a value its type refuses
+            raise sa.exc.StatementError(str(exc), self.sql, None, exc) from exc
+        if self.positions is not None:
+            return tuple(values[name] for name in self.positions)
+        return values
+
+    def row(self, row: Any) -> tuple[Any, ...] | None:
+        if row is None:
+            return None
+        return tuple(
+            value if process is None else process(value)
+            for value, process in zip(row, self.result_processors, strict=True)
+        )
+
+
+class StatementRunner:
+    """Runs statements on an engine for one store: fork-safe, retried, errors translated."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        dialect: SessionDialect,
+        *,
+        driver_cursor: bool,  # hot statements on the DBAPI cursor
+        before_use: Callable[[], None] = lambda: None,  # e.g. create the table on first use
+    ) -> None:
+        self.engine = engine
+        self.dialect = dialect
+        self.driver_cursor = driver_cursor
+        self.before_use = before_use
+        self._pid = os.getpid()
+        self._commit: bool | None = None  # whether statements need a COMMIT (not in autocommit)
+        self._observers: list[Observer] = []
+
+    def observe(self, observer: Observer) -> Callable[[], None]:
+        """Call ``observer(sql, parameters)`` before every statement, on either lane; returns its remover.
+
+        Core's statements reach it through the engine's cursor event, the
+        driver-cursor lane's from here; watching never changes the lane.
+        """
+        if not self._observers:
+            sa.event.listen(self.engine, "before_cursor_execute", self._on_core_statement)
+        self._observers.append(observer)
+
+        def remove() -> None:
+            self._observers.remove(observer)
+            if not self._observers:
+                sa.event.remove(self.engine, "before_cursor_execute", self._on_core_statement)
+
+        return remove
+
+    def _on_core_statement(
+        self, _conn: Any, _cursor: Any, statement: str, parameters: Any, *_args: Any
+    ) -> None:
+        self._notify(statement, parameters)
+
+    # -- the hot statements ---------------------------------------------------
+
+    def first(self, prepared: Prepared, params: dict[str, Any]) -> tuple[Any, ...] | None:
+        """The first row of a hot query, or None."""
+        return self._hot(prepared, params, fetch=True)  # type: ignore[no-any-return]
+
+    def rowcount(self, prepared: Prepared, params: dict[str, Any]) -> int:
+        """How many rows a hot statement changed (matched, on MySQL)."""
+        return int(self._hot(prepared, params, fetch=False))
+
+    def _hot(self, prepared: Prepared, params: dict[str, Any], *, fetch: bool) -> Any:
+        if self.driver_cursor:
+            return self._retrying(lambda: self._on_cursor(prepared, params, fetch))
+
+        def work(conn: Connection) -> Any:
+            result = conn.execute(prepared.statement, params)
+            return result.first() if fetch else result.rowcount
+
+        return self.run(work)
+
+    def _on_cursor(self, prepared: Prepared, params: dict[str, Any], fetch: bool) -> Any:
+        dialect = self.engine.dialect
+        dbapi_error = dialect.loaded_dbapi.Error
+        pooled = None
+        cursor = None
+        sql = None
+        try:
+            pooled = self.engine.raw_connection()
+            compiled = prepared.compile(dialect)
+            sql = compiled.sql
+            parameters = compiled.parameters(params)
+            self._notify(sql, parameters)
+            cursor = pooled.cursor()
+            cursor.execute(sql, parameters)
+            result = compiled.row(cursor.fetchone()) if fetch else cursor.rowcount
+            cursor.close()
+            if self._needs_commit(pooled.dbapi_connection):
+                pooled.commit()
+            return result
+        except dbapi_error as exc:
+            invalidated = pooled is not None and dialect.is_disconnect(exc, pooled.dbapi_connection, cursor)
+            if invalidated:
+                assert pooled is not None
+                # As Core does: the server restarted or dropped us, so the
+                # connections pooled before now are not trusted either.
+                pooled.invalidate(exc)
+                self.engine.dispose()
+            raise DBAPIError.instance(
+                sql,
+                None,
+                exc,
+                dbapi_error,
+                hide_parameters=True,
+                dialect=dialect,
+                connection_invalidated=invalidated,
+            ) from exc
+        finally:
+            if pooled is not None:
+                pooled.close()
+
+    def _notify(self, sql: str, parameters: Any) -> None:
+        for observer in self._observers:
+            observer(sql, parameters)
+
+    # -- everything else ------------------------------------------------------
+
+    def run(self, work: Callable[[Connection], T], *, prepare: bool = True) -> T:
+        """Run ``work`` on a pooled connection (committing where the engine is transactional).
+
+        ``prepare=False`` skips ``before_use`` (for the work that prepares).
+        """
+
+        def attempt() -> T:
+            with self.engine.connect() as conn:
+                result = work(conn)
+                if self._needs_commit(conn.connection.dbapi_connection):
+                    conn.commit()
+                return result
+
+        return self._retrying(attempt, prepare=prepare)
+
+    def _needs_commit(self, dbapi_connection: Any) -> bool:
+        if self._commit is None:
+            self._commit = needs_commit(self.engine.dialect, dbapi_connection)
+        return self._commit
+
+    def _retrying(self, attempt: Callable[[], T], *, prepare: bool = True) -> T:
+        if prepare:
+            self.before_use()
+        self._forget_inherited_pool()
+        conflicts = 0
+        reconnected = False
+        while True:
+            try:
+                return attempt()
+            except DBAPIError as exc:
+                if exc.connection_invalidated and not reconnected:
+                    log.info("session store connection was lost; retrying on a fresh one")
+                    reconnected = True
+                    continue
+                if self.dialect.is_conflict(exc) and conflicts < CONFLICT_RETRIES:
+                    conflicts += 1
+                    log.debug("a session statement lost a race (%s); trying again", exc.orig)
+                    time.sleep(random.uniform(0, CONFLICT_PAUSE * 2**conflicts))
+                    continue
+                raise store_error(exc) from exc
+            except sa.exc.TimeoutError as exc:  # the pool stayed exhausted for pool_timeout
+                raise StoreUnavailable(f"no session database connection became free: {exc}") from exc
+
+    def _forget_inherited_pool(self) -> None:
+        # A connection used by two processes mixes their conversations. A
+        # process forked after the engine connected (gunicorn --preload,
+        # uWSGI, whose fork runs no os.register_at_fork hook) starts with a
+        # pool of its own; close=False leaves the parent's connections alone.
+        pid = os.getpid()
+        if pid != self._pid:
+            self.engine.dispose(close=False)
+            self._pid = pid
+
+
+@contextmanager
+def transaction(conn: Connection, begin_sql: str) -> Iterator[Connection]:
+    """A transaction on ``conn``, also when the engine is in autocommit mode.
+
+    On an autocommit connection the transaction is the database's own
+    (``begin_sql``, ``COMMIT``): SQLAlchemy's would be a no-op there.
+    """
+    if not _autocommit(conn):
+        with conn.begin():
+            yield conn
+        return
+    conn.exec_driver_sql(begin_sql)
+    try:
+        yield conn
+    except BaseException:
+        with contextlib.suppress(Exception):  # the first error is the one to report
+            conn.exec_driver_sql("ROLLBACK")
+        raise
+    conn.exec_driver_sql("COMMIT")
+
+
+def _autocommit(conn: Connection) -> bool:
+    dbapi_connection = conn.connection.dbapi_connection
+    if dbapi_connection is None:
+        return False
+    try:
+        return bool(conn.dialect.detect_autocommit_setting(dbapi_connection))
+    except NotImplementedError:
+        return False
+
+
+def needs_commit(dialect: Dialect, dbapi_connection: Any) -> bool:
+    """Whether a statement's transaction must be committed.
+
+    Not on an autocommit connection, where PyMySQL's ``commit()`` would still
+    send a COMMIT: a hidden round trip per statement. A driver that cannot
+    tell (pymssql) gets its commit.
+    """
+    try:
+        return dbapi_connection is None or not dialect.detect_autocommit_setting(dbapi_connection)
+    except NotImplementedError:
+        return True
+
+
+def store_error(exc: DBAPIError) -> StoreError:
+    """The package's error for a driver error that reached the store's boundary."""
+    if exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError)):
+        return StoreUnavailable(f"the session database is unavailable: {exc.orig!r}")
+    return StoreError(f"the session table could not be used: {exc.orig!r}")
