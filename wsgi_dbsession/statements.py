@@ -33,7 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from .exceptions import StoreError, StoreUnavailable
+from .exceptions import ConcurrentUpdateError, StoreError, StoreUnavailable
 
 if TYPE_CHECKING:
     from .dialects import SessionDialect
@@ -45,9 +45,11 @@ T = TypeVar("T")
 Observer = Callable[[str, Any], None]
 
 # A lost race is tried again this many times, after a random pause of up to
-# CONFLICT_PAUSE * 2**attempt seconds, before it is reported.
-CONFLICT_RETRIES = 6
+# CONFLICT_PAUSE * 2**attempt seconds (at most MAX_CONFLICT_PAUSE), before it is
+# reported: about 2 s in all, enough for a cluster's writers to take turns.
+CONFLICT_RETRIES = 12
 CONFLICT_PAUSE = 0.002  # seconds
+MAX_CONFLICT_PAUSE = 0.25  # seconds
 
 
 class Prepared:
@@ -243,9 +245,9 @@ class StatementRunner:
                 if self.dialect.is_conflict(exc) and conflicts < CONFLICT_RETRIES:
                     conflicts += 1
                     log.debug("a session statement lost a race (%s); trying again", exc.orig)
-                    time.sleep(random.uniform(0, CONFLICT_PAUSE * 2**conflicts))
+                    time.sleep(random.uniform(0, min(MAX_CONFLICT_PAUSE, CONFLICT_PAUSE * 2**conflicts)))
                     continue
-                raise store_error(exc) from exc
+                raise store_error(exc, self.dialect) from exc
             except sa.exc.TimeoutError as exc:  # the pool stayed exhausted for pool_timeout
                 raise StoreUnavailable(f"no session database connection became free: {exc}") from exc
 
@@ -304,8 +306,32 @@ def needs_commit(dialect: Dialect, dbapi_connection: Any) -> bool:
         return True
 
 
-def store_error(exc: DBAPIError) -> StoreError:
-    """The package's error for a driver error that reached the store's boundary."""
+def store_error(exc: DBAPIError, dialect: SessionDialect | None = None) -> StoreError:
+    """The package's error for a driver error that reached the store's boundary.
+
+    A server that refuses the configuration (credentials, database name) is
+    a :class:`StoreError`, not an outage: retrying never helps, so it is a
+    500 whose message says which, not an endless 503.
+    """
+    if dialect is not None and dialect.is_misconfiguration(exc):
+        return StoreError(_misconfiguration(exc))
     if exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError)):
         return StoreUnavailable(f"the session database is unavailable: {exc.orig!r}")
     return StoreError(f"the session table could not be used: {exc.orig!r}")
+
+
+# Driver texts of a database that is not there; anything else refused is the credentials.
+_NO_DATABASE = ("Unknown database", "Cannot open database", "unable to open database file")
+
+
+def _misconfiguration(exc: DBAPIError) -> str:
+    text = str(exc.orig)
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    missing = sqlstate == "3D000" or any(marker in text for marker in _NO_DATABASE)
+    missing = missing or ("database" in text and "does not exist" in text and "role" not in text)
+    if missing:
+        return f"the session database does not exist; check the url's database name ({exc.orig})"
+    return (
+        "the session database refused the configured credentials; "
+        f"check the url's user and password ({exc.orig})"
+    )
