@@ -106,8 +106,16 @@ class Contestants:
             with self.django.counting() as sent:
                 run()
             return sum(1 for sql in sent if sql.strip().upper() not in ("BEGIN", "COMMIT"))
-        engine = self.ours.store.engine if system == OURS else systems.beaker_engine(self.url)
         seen: list[str] = []
+        if system == OURS:
+            # The store's own hook sees both of its statement paths.
+            stop = self.ours.store.on_statement(lambda statement, _parameters: seen.append(statement))
+            try:
+                run()
+            finally:
+                stop()
+            return len(seen)
+        engine = systems.beaker_engine(self.url)
 
         def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
             seen.append(statement)
