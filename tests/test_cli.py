@@ -79,6 +79,11 @@ def test_prune_does_nothing_while_another_process_holds_the_lock(
 
 
 def test_a_missing_table_is_an_error_that_says_what_to_do(db_url: str, table_name: str) -> None:
+    if db_url.startswith("sqlite"):  # a database without the table (a missing file is another error)
+        engine = sa.create_engine(db_url)
+        with engine.connect() as conn:
+            conn.exec_driver_sql("CREATE TABLE other (x INTEGER)")
+        engine.dispose()
     result = cli("prune", "--table", table_name, env={"WSGI_DBSESSION_URL": db_url})
     assert result.returncode == 1
     assert f"there is no table {table_name!r}" in result.stderr
@@ -157,3 +162,22 @@ def test_schema_and_sid_column_options_on_postgresql(pg_schema: str, table_name:
         assert store.stats().live == 1
     finally:
         store.dispose()
+
+
+@pytest.mark.parametrize("command", ["stats", "prune"])
+def test_a_missing_sqlite_file_is_an_error_and_is_not_created(command: str, tmp_path: Path) -> None:
+    typo = tmp_path / "typo.sqlite"
+    result = cli(command, "--url", f"sqlite:///{typo}")
+    assert result.returncode == 1, result.stderr
+    assert f"no such database file: {typo}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not typo.exists()
+    assert not list(tmp_path.iterdir())  # nor its -wal or -shm files
+
+
+def test_create_table_creates_a_missing_sqlite_file(tmp_path: Path) -> None:
+    path = tmp_path / "new.sqlite"
+    result = cli("create-table", "--url", f"sqlite:///{path}")
+    assert result.returncode == 0, result.stderr
+    assert path.exists()
+    assert cli("stats", "--url", f"sqlite:///{path}").returncode == 0
