@@ -33,6 +33,9 @@ from wsgi_dbsession import (
 )
 from wsgi_dbsession.cookies import encode_value, generate_sid, unsign
 from wsgi_dbsession.flask import DBSession, FlaskSession, options_from_config
+from wsgi_dbsession.options import option_types
+
+PARAMETERS = option_types()
 
 ROOT = Path(__file__).resolve().parent.parent
 OTHER_SECRET = "another-secret-0123456789abcdefghijklmnopqrstuvwxyz"
@@ -62,28 +65,6 @@ def attributes(header: str) -> dict[str, str]:
 
 def manager_of(app: Flask) -> Any:
     return app.extensions["dbsession"]
-
-
-class Statements:
-    """Statements the store sends: SQLAlchemy's cursor events, and the store's own hook where it has one."""
-
-    def __init__(self, store: SessionStore) -> None:
-        self.log = StatementLog(store.engine)
-        self.hooked: list[str] = []
-        observe = getattr(store, "on_statement", None)
-        self._stop = observe(self.hooked.append) if observe is not None else None
-
-    def __len__(self) -> int:
-        return max(len(self.log), len(self.hooked))
-
-    def clear(self) -> None:
-        self.log.clear()
-        self.hooked.clear()
-
-    def remove(self) -> None:
-        self.log.remove()
-        if self._stop is not None:
-            self._stop()
 
 
 MakeFlask = Callable[..., Flask]
@@ -132,9 +113,13 @@ def test_session_counts_and_its_row_is_in_the_configured_table(
 ) -> None:
     app = make_flask()
     client = app.test_client()
-    assert client.get("/incr").json == {"n": 1}
+    first = client.get("/incr")
+    assert first.json == {"n": 1}
+    assert first.headers["Vary"] == "Cookie"
+    assert first.headers["Cache-Control"] == "private"  # it sets the session cookie
     second = client.get("/incr")
     assert second.json == {"n": 2}
+    assert second.headers["Vary"] == "Cookie"
     sid = unsign(unquote(client.get_cookie("connect.sid").value), [SECRET.encode()])
     assert sid is not None
     store = manager_of(app).store
@@ -191,10 +176,10 @@ def test_an_untouched_session_costs_nothing(make_flask: MakeFlask) -> None:
     app = make_flask(login=False, csrf=False)
     client = app.test_client()
     client.get("/incr")
-    statements = Statements(manager_of(app).store)
+    statements = StatementLog(manager_of(app).store)
     try:
         response = client.get("/plain")  # with the session cookie
-        assert len(statements) == 0, statements.log.statements
+        assert len(statements) == 0, statements.statements
         assert set_cookies(response) == []
         assert "Vary" not in response.headers
         response = app.test_client().get("/plain")  # without one
@@ -204,7 +189,7 @@ def test_an_untouched_session_costs_nothing(make_flask: MakeFlask) -> None:
         # Flask-Login reads the session after every request: without a cookie
         # that is still no statement and no cookie, but the answer varies on Cookie.
         with_login = make_flask(csrf=False)
-        login_statements = Statements(manager_of(with_login).store)
+        login_statements = StatementLog(manager_of(with_login).store)
         try:
             response = with_login.test_client().get("/plain")
             assert len(login_statements) == 0
@@ -244,7 +229,7 @@ def test_a_session_is_a_browser_session_until_it_is_made_permanent(make_sqlite_f
     raw = json.loads(store.load(sid).text)
     assert raw["cookie"]["originalMaxAge"] == 7 * 86400 * 1000
 
-    statements = Statements(store)
+    statements = StatementLog(store)
     try:
         again = client.get("/permanent/1")  # the before_request idiom: no write, no cookie
         assert again.json == {"permanent": True}
@@ -364,8 +349,6 @@ def test_a_bad_setting_stops_init_app(config: dict[str, Any], message: str) -> N
 
 
 def test_every_option_has_a_dbsession_key_in_the_docs() -> None:
-    from tests.test_docs import PARAMETERS
-
     doc = (ROOT / "docs" / "flask.md").read_text()
     missing = [name for name in PARAMETERS if f"`DBSESSION_{name.upper()}`" not in doc]
     assert missing == [], f"docs/flask.md does not list {missing}"
@@ -447,10 +430,10 @@ def test_an_app_wrapped_by_the_middleware_uses_its_session(make_flask: MakeFlask
     client.get("/seen")
     ((session, in_environ),) = app.config["SEEN_SESSIONS"]
     assert session.dbsession is in_environ
-    statements = Statements(store)
+    statements = StatementLog(app.wsgi_app.store)  # the middleware's store runs them
     try:
         response = client.get("/incr")
-        assert len(statements) == 1, statements.log.statements  # one owner saves it: one write
+        assert len(statements) == 1, statements.statements  # one owner saves it: one write
     finally:
         statements.remove()
     assert len(set_cookies(response)) == 1

@@ -28,7 +28,7 @@ import datetime as dt
 import importlib
 import logging
 import re
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -40,13 +40,13 @@ from flask.sessions import SessionInterface, SessionMixin
 from .cli import run_command
 from .cookies import MIN_SECRET_LENGTH
 from .exceptions import ConfigurationError, SessionError, StoreUnavailable
-from .middleware import SessionMiddleware
+from .manager import SessionManager
+from .middleware import cache_headers
 from .session import Session
 from .settings import parse_settings
-from .store import PRUNE_BATCH_SIZE
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+    from _typeshed.wsgi import WSGIEnvironment
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,6 @@ _FLASK_COOKIE_KEYS = {
     "SESSION_COOKIE_SECURE": "secure",
     "SESSION_COOKIE_SAMESITE": "samesite",
 }
-UNAVAILABLE_TEXT = "The session store is unavailable; try again shortly.\n"
 
 
 class DBSession:
@@ -87,17 +86,12 @@ class DBSession:
         closes the pool at shutdown.
         """
         options = options_from_config(app)
+        permanent_lifetime = _permanent_lifetime(app)
         try:
-            manager = _manager(options)
+            manager = SessionManager(**options)
         except ConfigurationError as exc:
             raise ConfigurationError(_config_message(str(exc), _config_keys(app.config))) from exc
-        interface = DBSessionInterface(
-            manager,
-            environ_key=options.get("environ_key", "dbsession"),
-            permanent_lifetime=_permanent_lifetime(app),
-            unavailable_status=options.get("unavailable_status", 503),
-            cleanup_batch_size=options.get("cleanup_batch_size"),
-        )
+        interface = DBSessionInterface(manager, permanent_lifetime=permanent_lifetime)
         app.session_interface = interface
         app.extensions[EXTENSION_KEY] = interface.manager
         app.cli.add_command(dbsession_cli)
@@ -223,16 +217,6 @@ def _permanent_lifetime(app: Flask) -> int:
     return seconds
 
 
-def _manager(options: dict[str, Any]) -> SessionMiddleware:
-    # The middleware's request cycle without its WSGI side: Flask opens the
-    # session through open_session and saves it through save_session.
-    return SessionMiddleware(_not_wrapped, **options)
-
-
-def _not_wrapped(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-    raise TypeError("the Flask extension's session manager wraps no app")
-
-
 class DBSessionInterface(SessionInterface):
     """Flask's session interface, opening and saving wsgi_dbsession sessions.
 
@@ -241,27 +225,16 @@ class DBSessionInterface(SessionInterface):
     the middleware saves it.
     """
 
-    def __init__(
-        self,
-        manager: SessionMiddleware,
-        *,
-        environ_key: str = "dbsession",
-        permanent_lifetime: int = 31 * 86400,
-        unavailable_status: int = 503,
-        cleanup_batch_size: int | None = None,
-    ) -> None:
+    def __init__(self, manager: SessionManager, *, permanent_lifetime: int = 31 * 86400) -> None:
         self.manager = manager
-        self.environ_key = environ_key
-        self.permanent_lifetime = permanent_lifetime
-        self.unavailable_status = unavailable_status
-        self.cleanup_batch_size = cleanup_batch_size
+        self.permanent_lifetime = permanent_lifetime  # seconds
 
     def open_session(self, app: Flask, request: Any) -> FlaskSession:
         environ = request.environ
         opened = environ.get(ENVIRON_KEY)
         if isinstance(opened, FlaskSession):
             return opened  # the request context was pushed again (stream_with_context, a copy)
-        outer = environ.get(self.environ_key)
+        outer = environ.get(self.manager.options.environ_key)
         if isinstance(outer, Session):
             session = FlaskSession(outer, environ, self.permanent_lifetime, owned=False)
         else:
@@ -270,22 +243,20 @@ class DBSessionInterface(SessionInterface):
         return session
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
+        cookies: list[tuple[str, str]] = []
+        if isinstance(session, FlaskSession) and session.saves:
+            try:
+                cookies = self.manager.save_session(session.dbsession, session.environ)
+            except SessionError:
+                # Flask answers 500 and calls save_session again for that answer:
+                # the stored session stays as it was, and that answer sets no cookie.
+                session.saves = False
+                raise
         if session.accessed:
-            response.vary.add("Cookie")
-        if not isinstance(session, FlaskSession) or not session.saves:
-            return
-        try:
-            headers = self.manager.save_session(session.dbsession, session.environ)
-        except SessionError:
-            # Flask answers 500 and calls save_session again for that answer:
-            # the stored session stays as it was, and that answer sets no cookie.
-            session.saves = False
-            raise
-        for name, value in headers:
-            if name.lower() == "vary":
-                response.vary.update(part.strip() for part in value.split(","))
-            else:
-                response.headers.add(name, value)
+            # Vary: Cookie, as Flask does; Cache-Control: private when the cookie is set.
+            headers = cache_headers(response.headers.to_wsgi_list(), set_cookie=bool(cookies))
+            response.headers.clear()
+            response.headers.extend([*headers, *cookies])
 
 
 class FlaskSession(SessionMixin):
@@ -437,14 +408,12 @@ class FlaskSession(SessionMixin):
 
 
 def _answer_outage(error: StoreUnavailable) -> Response:
-    """The answer when the session database cannot be reached while a view reads the session."""
-    interface = current_app.session_interface
-    status = interface.unavailable_status if isinstance(interface, DBSessionInterface) else 503
+    """The middleware's answer when the session database cannot be reached while a view reads the session."""
     session = current_request.environ.get(ENVIRON_KEY)
     if isinstance(session, FlaskSession):
         session.after_outage()
-    log.error("the session store is unavailable, answering %d", status, exc_info=error)
-    return Response(UNAVAILABLE_TEXT, status=status, mimetype="text/plain")
+    status, headers, body = _interface().manager.error_page(error)
+    return Response(body, status=status, headers=headers)
 
 
 def _connect_login_signal(app: Flask) -> None:
@@ -484,9 +453,9 @@ def _interface() -> DBSessionInterface:
 )
 def prune_command(batch_size: int | None) -> None:
     """Delete the expired sessions now (takes the same lock as the background prune)."""
-    interface = _interface()
-    batch_size = batch_size or interface.cleanup_batch_size or PRUNE_BATCH_SIZE
-    raise SystemExit(run_command(interface.manager.store, "prune", batch_size=batch_size))
+    manager = _interface().manager
+    batch_size = batch_size or manager.options.cleanup_batch_size
+    raise SystemExit(run_command(manager.store, "prune", batch_size=batch_size))
 
 
 @dbsession_cli.command("create-table")
