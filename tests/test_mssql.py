@@ -214,3 +214,39 @@ def test_live_mssql_request_budget(mssql_store: SessionStore) -> None:
     app.get("/read")
     assert len(log) == 1, log.statements
     log.remove()
+
+
+# -- user_key (issue 15): the computed column, its index, the lookup ------------------------
+
+
+def test_the_user_index_is_a_binary_computed_column_on_json_value_with_its_index() -> None:
+    store = SessionStore(
+        url=OFFLINE_URL,
+        table_name="My-Sessions",
+        sid_column="Session-Id",
+        schema="app",
+        user_key="passport.user",
+    )
+    try:
+        add_column, add_index = store.dialect.user_index_ddl(store.table, "passport.user")
+        assert add_column == (
+            "IF COL_LENGTH(N'app.My-Sessions', N'sess_user') IS NULL "
+            "ALTER TABLE app.[My-Sessions] ADD sess_user AS "
+            "CAST(JSON_VALUE(sess, '$.passport.user') AS NVARCHAR(255)) COLLATE Latin1_General_100_BIN2"
+        )
+        assert add_index == (
+            "IF NOT EXISTS (SELECT 1 FROM sys.indexes WHERE name = N'My-Sessions_user_index' "
+            "AND object_id = OBJECT_ID(N'app.My-Sessions')) "
+            "CREATE INDEX [My-Sessions_user_index] ON app.[My-Sessions] (sess_user)"
+        )
+        lookup = sa.select(store.columns.sid).where(store._user)
+        assert sql(lookup, store) == (
+            "SELECT app.[My-Sessions].[Session-Id] FROM app.[My-Sessions] WHERE sess_user = %(user)s"
+        )
+        delete = sa.delete(store.table).where(store._user).where(store.columns.sid != sa.bindparam("keep"))
+        assert sql(delete, store) == (
+            "DELETE FROM app.[My-Sessions] WHERE sess_user = %(user)s "
+            "AND app.[My-Sessions].[Session-Id] != %(keep)s"
+        )
+    finally:
+        store.dispose()

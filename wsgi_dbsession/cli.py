@@ -3,7 +3,14 @@
 - ``prune``: delete the expired sessions now, under the same lease the
   middleware's scheduler takes (for cron, with ``cleanup_interval=0``);
 - ``create-table``: create the table and its expiry index when missing;
-- ``stats``: how many sessions are live and how many expired.
+- ``stats``: how many sessions are live and how many expired;
+- ``sessions --user U``: a user's live sessions, one line each (a hash of
+  the session id, never the id: it is a credential);
+- ``logout-user U``: delete every session of a user.
+
+The last two need ``--user-key`` (the dotted path of the user id in the
+session data, as the ``user_key`` option); with it, ``create-table`` also
+adds the user index, to a table that exists already too.
 
 Each takes ``--url`` (or the ``WSGI_DBSESSION_URL`` environment variable,
 which keeps a password out of the process list), ``--table``,
@@ -14,6 +21,7 @@ failed (unreachable, no table), 2 a usage error.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import sys
@@ -22,7 +30,8 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 
-from .exceptions import SessionError
+from .dialects import user_path
+from .exceptions import ConfigurationError, SessionError
 from .prune import prune_once
 from .store import PRUNE_BATCH_SIZE, SessionStore
 
@@ -39,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--table", default="sessions", help='table name, may be "schema.table"')
     common.add_argument("--sid-column", default="sid", help="name of the session id column")
     common.add_argument("--schema", help="schema of the table, where the database has schemas")
+    common.add_argument(
+        "--user-key", help='dotted path of the user id in the session data (e.g. "passport.user")'
+    )
 
     parser = argparse.ArgumentParser(prog="wsgi-dbsession", description="Manage a wsgi_dbsession table.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -54,6 +66,14 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("create-table", parents=[common], help="create the table and its index if missing")
     stats = commands.add_parser("stats", parents=[common], help="count live and expired sessions")
     stats.add_argument("--json", action="store_true", help="print one JSON object")
+    sessions = commands.add_parser(
+        "sessions", parents=[common], help="list a user's live sessions (needs --user-key)"
+    )
+    sessions.add_argument("--user", required=True, help="the user id, compared as text")
+    logout = commands.add_parser(
+        "logout-user", parents=[common], help="delete every session of a user (needs --user-key)"
+    )
+    logout.add_argument("user", help="the user id, compared as text")
     return parser
 
 
@@ -65,6 +85,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"give --url or set {URL_VARIABLE}")
     if args.command == "prune" and args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
+    if args.command in USER_COMMANDS and not args.user_key:
+        parser.error(f"{args.command} needs --user-key (the path of the user id, e.g. passport.user)")
+    if args.user_key is not None:
+        try:
+            user_path(args.user_key)
+        except ConfigurationError as exc:
+            parser.error(f"--user-key: {exc}")
     try:
         store = SessionStore(
             url=args.url,
@@ -72,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sid_column=args.sid_column,
             schema=args.schema,
             create_table=False,
+            user_key=args.user_key,
         )
     except (sa.exc.ArgumentError, SessionError) as exc:
         parser.error(f"--url/--table: {exc}")
@@ -111,11 +139,13 @@ def run_command(
 def _run(args: argparse.Namespace, store: SessionStore) -> int:
     table = store.table.fullname
     if args.command == "create-table":
-        store.create_table()
+        store.create_table()  # with --user-key, also the user index (on an existing table too)
         print(f"table {table!r} is ready")
         return 0
     if not store.has_table():
         return _fail(f"there is no table {table!r}; create it with: wsgi-dbsession create-table")
+    if args.command in USER_COMMANDS:
+        return _run_user_command(args, store)
     if args.command == "stats":
         stats = store.stats()
         if args.json:
@@ -130,6 +160,26 @@ def _run(args: argparse.Namespace, store: SessionStore) -> int:
     else:
         print(f"deleted {deleted} expired sessions from {table!r} in {time.perf_counter() - started:.3f} s")
     return 0
+
+
+USER_COMMANDS = ("sessions", "logout-user")
+
+
+def _run_user_command(args: argparse.Namespace, store: SessionStore) -> int:
+    if args.command == "logout-user":
+        deleted = store.destroy_user_sessions(args.user)
+        print(f"deleted {deleted} sessions of user {args.user!r} from {store.table.fullname!r}")
+        return 0
+    for session in store.user_sessions(args.user):
+        print(
+            f"{session.handle}  expires {_when(session.expires)}  "
+            f"created {_when(session.created)}  last-active {_when(session.last_active)}"
+        )
+    return 0
+
+
+def _when(moment: dt.datetime | None) -> str:
+    return "-" if moment is None else moment.isoformat(timespec="seconds")
 
 
 def _fail(message: str) -> int:

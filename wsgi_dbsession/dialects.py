@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
+import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -28,6 +29,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlalchemy.sql.type_api import TypeEngine
 
+from .exceptions import ConfigurationError
 from .express import UTC, from_iso, to_iso_z
 from .statements import Prepared, transaction
 
@@ -107,6 +109,33 @@ def lock_key(resource: str) -> int:
     """A stable signed 64-bit key for a named database lock."""
     digest = hashlib.blake2b(resource.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
+
+
+# -- a user's sessions (the user_key option) ---------------------------------
+
+# MySQL/MariaDB and MSSQL keep the user id in a generated column of this name.
+USER_COLUMN = "sess_user"
+USER_ID_LENGTH = 255  # characters of a user id the generated columns hold
+_USER_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def user_path(path: str) -> tuple[str, ...]:
+    """The segments of a ``user_key`` path; ConfigurationError unless each is an identifier.
+
+    The path is written into DDL and into the indexed expression (an index
+    matches only a constant path), so only ``[A-Za-z_][A-Za-z0-9_]*``
+    segments joined by dots are allowed: nothing that could quote or escape.
+    """
+    if not isinstance(path, str) or _USER_PATH.fullmatch(path) is None:
+        raise ConfigurationError(
+            f"user_key = {path!r} is not a dotted path of identifiers (like 'user_id' or 'passport.user')"
+        )
+    return tuple(path.split("."))
+
+
+def user_index_name(table: sa.Table) -> str:
+    """The name of a table's user index: ``<table>_user_index``."""
+    return f"{table.name}_user_index"
 
 
 class SessionDialect:
@@ -206,6 +235,29 @@ class SessionDialect:
         """Whether the error is a lost race (deadlock, certification conflict): try again."""
         return False
 
+    # -- a user's sessions (user_key) -----------------------------------------
+
+    def user_expression(self, columns: SessionColumns, path: str) -> sa.ColumnElement[Any]:
+        """The user id at ``path`` in ``sess``, as text: the expression the user index holds.
+
+        Compared with ``=`` to a bound user id in a WHERE clause, it is
+        answered from the index.
+        """
+        raise ConfigurationError(f"user_key is not supported on {self.sa_dialect.name}")
+
+    def user_index_ddl(self, table: sa.Table, path: str) -> list[str]:
+        """The statements that add the user index to ``table``, each safe to run again."""
+        raise ConfigurationError(f"user_key is not supported on {self.sa_dialect.name}")
+
+    def create_user_index(self, conn: Connection, table: sa.Table, path: str) -> None:
+        """Add the user index (and its column, where there is one) to ``table`` unless it exists."""
+        for ddl in self.user_index_ddl(table, path):
+            conn.exec_driver_sql(ddl)
+
+    def _index_ddl(self, table: sa.Table, expression: sa.ColumnElement[Any]) -> str:
+        index = sa.Index(user_index_name(table), expression, _table=table)
+        return str(CreateIndex(index, if_not_exists=True).compile(dialect=self.sa_dialect))
+
     # -- engines ----------------------------------------------------------------
 
     @classmethod
@@ -236,6 +288,12 @@ class SessionColumns:
         self.sid: sa.Column[Any] = table.c[sid_column]
         self.sess: sa.Column[Any] = table.c.sess
         self.expired: sa.Column[Any] = table.c.expired
+
+    @classmethod
+    def of(cls, table: sa.Table) -> SessionColumns:
+        """The columns of a sessions table whose primary key is its sid column."""
+        (sid,) = table.primary_key.columns
+        return cls(table, sid.name)
 
 
 def _on_conflict_upsert(insert: Any, columns: SessionColumns) -> Any:
@@ -297,6 +355,22 @@ class PostgreSQL(SessionDialect):
 
     def is_conflict(self, exc: DBAPIError) -> bool:
         return getattr(exc.orig, "sqlstate", None) in ("40001", "40P01")
+
+    def user_expression(self, columns: SessionColumns, path: str) -> sa.ColumnElement[Any]:
+        # json's own #>> (no cast to jsonb): text out, a number as its digits.
+        literal = "'{" + ",".join(user_path(path)) + "}'"
+        return columns.sess.op("#>>", precedence=20)(sa.literal_column(literal))
+
+    def user_index_ddl(self, table: sa.Table, path: str) -> list[str]:
+        return [self._index_ddl(table, self.user_expression(SessionColumns.of(table), path))]
+
+    def create_user_index(self, conn: Connection, table: sa.Table, path: str) -> None:
+        with transaction(conn, self.begin_sql):  # the lock of create_table: one creator at a time
+            conn.execute(
+                sa.text("SELECT pg_advisory_xact_lock(:key)"),
+                {"key": lock_key(f"wsgi_dbsession create {table.fullname}")},
+            )
+            super().create_user_index(conn, table, path)
 
     @classmethod
     def engine_options(cls, url: URL) -> dict[str, Any]:
@@ -367,6 +441,36 @@ class MySQL(SessionDialect):
 
     def is_conflict(self, exc: DBAPIError) -> bool:
         return _error_code(exc) in self.conflict_codes
+
+    def user_expression(self, columns: SessionColumns, path: str) -> sa.ColumnElement[Any]:
+        user_path(path)
+        return sa.literal_column(self.sa_dialect.identifier_preparer.quote(USER_COLUMN), sa.Unicode())
+
+    def user_index_ddl(self, table: sa.Table, path: str) -> list[str]:
+        # A VIRTUAL column costs no storage and no change to any INSERT that
+        # names its columns (connect-session-knex's does); binary collation:
+        # "Alice" is not "alice". LEFT keeps a long id from failing the write.
+        preparer = self.sa_dialect.identifier_preparer
+        target, column = preparer.format_table(table), preparer.quote(USER_COLUMN)
+        json_path = "$." + ".".join(user_path(path))
+        return [
+            f"ALTER TABLE {target} ADD COLUMN {column} VARCHAR({USER_ID_LENGTH}) "
+            f"CHARACTER SET utf8mb4 COLLATE utf8mb4_bin "
+            f"AS (LEFT(JSON_UNQUOTE(JSON_EXTRACT({preparer.quote('sess')}, '{json_path}')), "
+            f"{USER_ID_LENGTH})) VIRTUAL",
+            f"ALTER TABLE {target} ADD INDEX {preparer.quote(user_index_name(table))} ({column})",
+        ]
+
+    def create_user_index(self, conn: Connection, table: sa.Table, path: str) -> None:
+        # MySQL has no ADD COLUMN IF NOT EXISTS: look first, then add what is missing.
+        inspector = sa.inspect(conn)
+        columns = {column["name"] for column in inspector.get_columns(table.name, schema=table.schema)}
+        indexes = {index["name"] for index in inspector.get_indexes(table.name, schema=table.schema)}
+        add_column, add_index = self.user_index_ddl(table, path)
+        if USER_COLUMN not in columns:
+            conn.exec_driver_sql(add_column)
+        if user_index_name(table) not in indexes:
+            conn.exec_driver_sql(add_index)
 
     @classmethod
     def engine_options(cls, url: URL) -> dict[str, Any]:
@@ -442,6 +546,28 @@ class MSSQL(SessionDialect):
     def is_conflict(self, exc: DBAPIError) -> bool:
         return bool(_error_code(exc) == 1205)  # chosen as the deadlock victim
 
+    def user_expression(self, columns: SessionColumns, path: str) -> sa.ColumnElement[Any]:
+        user_path(path)
+        return sa.literal_column(self.sa_dialect.identifier_preparer.quote(USER_COLUMN), sa.Unicode())
+
+    def user_index_ddl(self, table: sa.Table, path: str) -> list[str]:
+        # A computed column (not PERSISTED: JSON_VALUE is deterministic, so it
+        # can be indexed as it is), binary collation, and its index.
+        preparer = self.sa_dialect.identifier_preparer
+        target, column = preparer.format_table(table), preparer.quote(USER_COLUMN)
+        name = preparer.quote(user_index_name(table))
+        json_path = "$." + ".".join(user_path(path))
+        object_name = table.fullname.replace("'", "''")
+        return [
+            f"IF COL_LENGTH(N'{object_name}', N'{USER_COLUMN}') IS NULL "
+            f"ALTER TABLE {target} ADD {column} AS "
+            f"CAST(JSON_VALUE({preparer.quote('sess')}, '{json_path}') AS NVARCHAR({USER_ID_LENGTH})) "
+            f"COLLATE Latin1_General_100_BIN2",
+            f"IF NOT EXISTS (SELECT 1 FROM sys.indexes WHERE name = N'{user_index_name(table)}' "  # noqa: S608
+            f"AND object_id = OBJECT_ID(N'{object_name}')) "
+            f"CREATE INDEX {name} ON {target} ({column})",
+        ]
+
 
 class SQLite(SessionDialect):
     """``INSERT … ON CONFLICT``; ISO text timestamps; WAL and a busy timeout on files."""
@@ -465,6 +591,18 @@ class SQLite(SessionDialect):
 
     def is_conflict(self, exc: DBAPIError) -> bool:
         return "database is locked" in str(exc.orig)
+
+    def user_expression(self, columns: SessionColumns, path: str) -> sa.ColumnElement[Any]:
+        # As text, so a numeric id (42) matches "42" as on the other databases.
+        json_path = "'$." + ".".join(user_path(path)) + "'"
+        return sa.cast(sa.func.json_extract(columns.sess, sa.literal_column(json_path)), sa.Text)
+
+    def user_index_ddl(self, table: sa.Table, path: str) -> list[str]:
+        return [self._index_ddl(table, self.user_expression(SessionColumns.of(table), path))]
+
+    def create_user_index(self, conn: Connection, table: sa.Table, path: str) -> None:
+        with transaction(conn, self.begin_sql):
+            super().create_user_index(conn, table, path)
 
     @classmethod
     def on_connect(cls, url: URL) -> Callable[[Any, Any], None] | None:

@@ -48,6 +48,7 @@ class SessionManager:
             schema=opts.schema,
             create_table=opts.create_table,
             serializer=opts.serializer,
+            user_key=opts.user_key,
         )
         self.cookie = SessionCookie(
             name=opts.cookie_name,

@@ -17,6 +17,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 from sqlalchemy.engine import URL, Engine
 
 from .cookies import SameSite, Secure
+from .dialects import user_path
 from .exceptions import ConfigurationError
 from .store import PRUNE_BATCH_SIZE, Serializer
 
@@ -49,6 +50,7 @@ class Options:
     unavailable_status: int = 503  # HTTP status when the session database is unreachable
     override_app_errors: bool = True  # after an outage hit the session load, unavailable_status
     # replaces the app's own 5xx answer or exception (a framework's error page)
+    user_key: str | None = None  # dotted path of the user id in the session data; None: off
 
     def __post_init__(self) -> None:
         hints = option_types()
@@ -65,6 +67,8 @@ class Options:
             raise ConfigurationError("cleanup_interval must be 0 (disabled) or a number of seconds")
         if not 500 <= self.unavailable_status <= 599:
             raise ConfigurationError("unavailable_status must be a 5xx HTTP status")
+        if self.user_key is not None:
+            user_path(self.user_key)
 
     @classmethod
     def from_keywords(cls, options: dict[str, Any]) -> Options:

@@ -9,6 +9,7 @@ JSON text stored, which change detection and compare-and-set rely on.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import threading
@@ -25,9 +26,10 @@ from .dialects import (
     SessionJSON,
     dialect_class,
     dialect_for,
+    user_path,
 )
 from .exceptions import ConfigurationError, StoreError
-from .express import UTC
+from .express import BROWSER_SESSION_ROW_LIFETIME, COOKIE_KEY, CREATED_KEY, UTC, strip_reserved
 from .statements import Observer, Prepared, StatementRunner, transaction
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,30 @@ class StoredSession:
 
     text: str
     expires: dt.datetime
+
+
+@dataclass(frozen=True)
+class UserSession:
+    """One live session of a user, for an account page or an admin tool.
+
+    ``data`` is the app's data (without express-session's ``cookie`` object
+    and ``_created``); ``created`` is None for a row that has no
+    ``_created`` (written by express-session); ``last_active`` is the time
+    of the session's last write or touch, derived from ``expires`` and the
+    lifetime recorded in the row (None when the row records none). The
+    ``sid`` is a credential: show :attr:`handle` instead of it.
+    """
+
+    sid: str
+    expires: dt.datetime
+    data: dict[str, Any]
+    created: dt.datetime | None
+    last_active: dt.datetime | None
+
+    @property
+    def handle(self) -> str:
+        """A short name for the session that is no credential: SHA-256 of the sid, 12 hex digits."""
+        return hashlib.sha256(self.sid.encode()).hexdigest()[:12]
 
 
 def utcnow() -> dt.datetime:
@@ -144,6 +170,7 @@ class SessionStore:
         create_table: bool = True,
         serializer: Serializer | None = None,
         driver_cursor: bool | None = None,  # hot statements on the DBAPI cursor; None: where tested
+        user_key: str | None = None,  # dotted path of the user id in the session data ("passport.user")
     ) -> None:
         if url is not None and engine is not None:
             raise ConfigurationError("give url or engine, not both")
@@ -202,6 +229,11 @@ class SessionStore:
         )
         self._delete = Prepared(sa.delete(table).where(sid == sa.bindparam("b_sid")))
         self._write = dialect.writer(columns)
+        self.user_key = user_key
+        if user_key is not None:
+            user_path(user_key)  # a ConfigurationError now, not at the first lookup
+            user = sa.bindparam("user", type_=sa.Unicode())
+            self._user = dialect.user_expression(columns, user_key) == user
 
     def __repr__(self) -> str:
         url = self.engine.url.render_as_string(hide_password=True)
@@ -229,8 +261,13 @@ class SessionStore:
                 self.create_table()
 
     def create_table(self) -> None:
-        """Create the table and its expiry index when missing; safe to race."""
+        """Create the table and its expiry index when missing; safe to race.
+
+        With ``user_key``, also the user index (:meth:`create_user_index`).
+        """
         self.create(self.table)
+        if self.user_key is not None:
+            self.create_user_index()
         self._table_ready = True
 
     def create(self, table: sa.Table) -> None:
@@ -366,3 +403,82 @@ class SessionStore:
     def clear(self) -> None:
         """Delete every row, live or not."""
         self.runner.run(lambda conn: conn.execute(sa.delete(self.table)))
+
+    # -- a user's sessions (user_key) --------------------------------------------
+
+    def create_user_index(self) -> None:
+        """Add the index on ``user_key`` to the existing table unless it is there; safe to race."""
+        path = self._require_user_key()
+        table = self.table
+        try:
+            self.runner.run(lambda conn: self.dialect.create_user_index(conn, table, path), prepare=False)
+        except StoreError:
+            # Another process may have added it between a look and an ALTER (MySQL): look again.
+            try:
+                self.runner.run(lambda conn: self.dialect.create_user_index(conn, table, path), prepare=False)
+            except StoreError as exc:
+                raise StoreError(f"the user index of {table.fullname!r} could not be created: {exc}") from exc
+
+    def user_sessions(self, user: str | int, now: dt.datetime | None = None) -> list[UserSession]:
+        """The live sessions whose ``user_key`` holds ``user`` (compared as text), latest expiry first."""
+        self._require_user_key()
+        columns = self.columns
+        stmt = (
+            sa.select(columns.sid, self.dialect.sess_text(columns.sess), columns.expired)
+            .where(self._user)
+            .where(columns.expired >= sa.bindparam("now", type_=ExpiryTimestamp()))
+            .order_by(columns.expired.desc())
+        )
+        params = {"user": str(user), "now": now or utcnow()}
+        rows = self.runner.run(lambda conn: conn.execute(stmt, params).all())
+        return [self._user_session(sid, text, expires) for sid, text, expires in rows]
+
+    def destroy_user_sessions(self, user: str | int, keep: str | None = None) -> int:
+        """Delete every row of ``user`` but ``keep``'s; returns how many went.
+
+        Expired rows of the user that were not pruned yet go too (and count).
+        """
+        self._require_user_key()
+        stmt = sa.delete(self.table).where(self._user)
+        params: dict[str, Any] = {"user": str(user)}
+        if keep is not None:
+            stmt = stmt.where(self.columns.sid != sa.bindparam("keep"))
+            params["keep"] = keep
+        return int(self.runner.run(lambda conn: conn.execute(stmt, params).rowcount))
+
+    def _require_user_key(self) -> str:
+        if self.user_key is None:
+            raise ConfigurationError("this store has no user_key: set user_key to find sessions by user")
+        return self.user_key
+
+    def _user_session(self, sid: str, text: str, expires: dt.datetime) -> UserSession:
+        try:
+            payload = self.serializer.loads(text)
+        except ValueError:
+            payload = None
+        if not isinstance(payload, dict):
+            return UserSession(sid, expires, {}, None, None)
+        created = payload.get(CREATED_KEY)
+        return UserSession(
+            sid=sid,
+            expires=expires,
+            data=strip_reserved(payload),
+            created=(
+                dt.datetime.fromtimestamp(created, UTC)
+                if isinstance(created, (int, float)) and not isinstance(created, bool)
+                else None
+            ),
+            last_active=_last_write(payload.get(COOKIE_KEY), expires),
+        )
+
+
+def _last_write(cookie: Any, expires: dt.datetime) -> dt.datetime | None:
+    """When the row was last written or touched: its expiry minus the lifetime its cookie object records."""
+    if not isinstance(cookie, dict) or "originalMaxAge" not in cookie:
+        return None
+    original = cookie["originalMaxAge"]
+    if original is None:  # a browser-session cookie: the row lives a day from each write
+        return expires - dt.timedelta(seconds=BROWSER_SESSION_ROW_LIFETIME)
+    if isinstance(original, (int, float)) and not isinstance(original, bool) and original > 0:
+        return expires - dt.timedelta(milliseconds=original)
+    return None
