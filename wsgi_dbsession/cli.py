@@ -92,6 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             user_path(args.user_key)
         except ConfigurationError as exc:
             parser.error(f"--user-key: {exc}")
+    missing = _missing_sqlite_file(args.url) if args.command != "create-table" else None
+    if missing is not None:  # opening it would create it
+        return _fail(f"no such database file: {missing}; create it with: wsgi-dbsession create-table")
     try:
         store = SessionStore(
             url=args.url,
@@ -160,6 +163,20 @@ def _run(args: argparse.Namespace, store: SessionStore) -> int:
     else:
         print(f"deleted {deleted} expired sessions from {table!r} in {time.perf_counter() - started:.3f} s")
     return 0
+
+
+def _missing_sqlite_file(url: str) -> str | None:
+    """The absolute path of an SQLite URL's database file when that file does not exist."""
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError:
+        return None  # the store reports it
+    if parsed.get_backend_name() != "sqlite" or parsed.query.get("uri") == "true":
+        return None
+    if parsed.database in (None, "", ":memory:"):
+        return None
+    path = os.path.abspath(parsed.database)
+    return None if os.path.exists(path) else path
 
 
 USER_COMMANDS = ("sessions", "logout-user")

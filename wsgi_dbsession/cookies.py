@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import re
 import secrets as _secrets
 import time
@@ -23,6 +24,8 @@ from urllib.parse import quote, unquote
 
 from .exceptions import ConfigurationError
 from .express import CookieAttributes
+
+log = logging.getLogger(__name__)
 
 SameSite = Literal["lax", "strict", "none"]
 Secure = bool | Literal["auto"]
@@ -52,7 +55,7 @@ def is_valid_sid(sid: str) -> bool:
 
 
 def _signature(sid: str, secret: bytes) -> str:
-    digest = hmac.new(secret, sid.encode("ascii"), hashlib.sha256).digest()
+    digest = hmac.digest(secret, sid.encode("ascii"), hashlib.sha256)
     return base64.b64encode(digest).decode("ascii").rstrip("=")
 
 
@@ -174,6 +177,13 @@ class SessionCookie:
             tried += 1
             if tried >= _MAX_CANDIDATES:
                 break
+        if tried:
+            # Never the value: it may be another app's credential. Only why it was refused.
+            log.debug(
+                "a %r cookie was sent but does not verify (another app's cookie, a secret no longer "
+                "configured, or a malformed value); the request gets a new session",
+                self.name,
+            )
         return None
 
     def is_secure(self, url_scheme: str) -> bool:

@@ -146,6 +146,7 @@ class SessionDialect:
     """
 
     default_driver: ClassVar[str | None] = None  # the driver a bare URL (``mysql://``) gets
+    extra: ClassVar[str | None] = None  # the package extra that installs the driver
     # Drivers whose hot statements may run on the DBAPI cursor: those tested live.
     driver_cursor_drivers: ClassVar[frozenset[str]] = frozenset()
     connect_timeout_arg: ClassVar[Mapping[str, str]] = {}  # driver -> its connect-timeout argument
@@ -258,6 +259,10 @@ class SessionDialect:
         index = sa.Index(user_index_name(table), expression, _table=table)
         return str(CreateIndex(index, if_not_exists=True).compile(dialect=self.sa_dialect))
 
+    def is_misconfiguration(self, exc: DBAPIError) -> bool:
+        """Whether the server refused the configuration (credentials, database name): no retry helps."""
+        return False
+
     # -- engines ----------------------------------------------------------------
 
     @classmethod
@@ -268,6 +273,11 @@ class SessionDialect:
         if timeout_arg is not None and timeout_arg not in url.query:
             options["connect_args"] = {timeout_arg: CONNECT_TIMEOUT}
         return options
+
+    @classmethod
+    def driver_url(cls, url: URL) -> URL:
+        """The URL the driver gets, without the query settings :meth:`engine_options` consumed."""
+        return url
 
     @classmethod
     def on_connect(cls, url: URL) -> Callable[[Any, Any], None] | None:
@@ -320,6 +330,7 @@ class PostgreSQL(SessionDialect):
     """``INSERT … ON CONFLICT``; ``timestamptz``; prepared statements off for PgBouncer."""
 
     default_driver = "psycopg"
+    extra = "postgresql"
     driver_cursor_drivers = frozenset(("psycopg",))
     connect_timeout_arg: ClassVar[Mapping[str, str]] = {
         "psycopg": "connect_timeout",
@@ -372,21 +383,38 @@ class PostgreSQL(SessionDialect):
             )
             super().create_user_index(conn, table, path)
 
+    def is_misconfiguration(self, exc: DBAPIError) -> bool:
+        # At connect, psycopg gives the server's FATAL text and no sqlstate.
+        if getattr(exc.orig, "sqlstate", None) in ("28P01", "28000", "3D000"):
+            return True
+        text = str(exc.orig)
+        return isinstance(exc, sa.exc.OperationalError) and (
+            "password authentication failed" in text or ("FATAL" in text and "does not exist" in text)
+        )
+
     @classmethod
     def engine_options(cls, url: URL) -> dict[str, Any]:
         options = super().engine_options(url)
-        if url.get_driver_name() == "psycopg" and "prepare_threshold" not in url.query:
-            # psycopg prepares a statement after 5 runs, and a pooler in
-            # transaction mode moves the next run to a connection that never
-            # saw it. The hot statements are tiny: preparing saves little.
-            options.setdefault("connect_args", {})["prepare_threshold"] = None
+        threshold = url.query.get("prepare_threshold")
+        if url.get_driver_name() == "psycopg" and isinstance(threshold, str):
+            # psycopg prepares a statement after 5 runs (a read costs 1.7x as
+            # much unprepared here), but a pooler in transaction mode moves
+            # the next run to a server connection that never saw it: behind
+            # one, ?prepare_threshold=none turns preparing off.
+            value = None if threshold.lower() in ("none", "") else int(threshold)
+            options.setdefault("connect_args", {})["prepare_threshold"] = value
         return options
+
+    @classmethod
+    def driver_url(cls, url: URL) -> URL:
+        return url.difference_update_query(["prepare_threshold"])  # given as a connect argument instead
 
 
 class MySQL(SessionDialect):
     """MySQL and MariaDB: ``ON DUPLICATE KEY UPDATE``; ``DATETIME`` naive UTC; Galera-aware."""
 
     default_driver = "pymysql"
+    extra = "mysql"
     driver_cursor_drivers = frozenset(("pymysql",))
     connect_timeout_arg: ClassVar[Mapping[str, str]] = {
         "pymysql": "connect_timeout",
@@ -395,6 +423,8 @@ class MySQL(SessionDialect):
     expiry_type = mysql.DATETIME()
     # 1213: deadlock, also a Galera certification conflict; 1205: lock wait timeout.
     conflict_codes = frozenset((1213, 1205))
+    # 1044/1045/1698: access denied (database, password, auth plugin); 1049: unknown database.
+    misconfiguration_codes = frozenset((1044, 1045, 1049, 1698))
 
     def bind_expiry(self, value: dt.datetime) -> Any:
         # DATETIME keeps whole seconds; MySQL would round, MariaDB truncate:
@@ -472,6 +502,9 @@ class MySQL(SessionDialect):
         if user_index_name(table) not in indexes:
             conn.exec_driver_sql(add_index)
 
+    def is_misconfiguration(self, exc: DBAPIError) -> bool:
+        return _error_code(exc) in self.misconfiguration_codes
+
     @classmethod
     def engine_options(cls, url: URL) -> dict[str, Any]:
         return {**super().engine_options(url), "pool_recycle": 3600}  # below wait_timeout's 8 hours
@@ -500,6 +533,7 @@ class MSSQL(SessionDialect):
     """``MERGE … WITH (HOLDLOCK)``; ``DATETIME2`` naive UTC; ``NVARCHAR(max)`` JSON."""
 
     default_driver = "pymssql"
+    extra = "mssql"
     connect_timeout_arg: ClassVar[Mapping[str, str]] = {"pymssql": "login_timeout"}
     begin_sql = "BEGIN TRANSACTION"
     expiry_type = mssql.DATETIME2()  # type: ignore[no-untyped-call]
@@ -568,6 +602,15 @@ class MSSQL(SessionDialect):
             f"CREATE INDEX {name} ON {target} ({column})",
         ]
 
+    def is_misconfiguration(self, exc: DBAPIError) -> bool:
+        # 18456: login failed; 4060: cannot open the database. pymssql may nest (code, text) at connect.
+        code = _error_code(exc)
+        if isinstance(code, tuple) and code:
+            code = code[0]
+        return code in (18456, 4060) or any(
+            text in str(exc.orig) for text in ("Login failed for user", "Cannot open database")
+        )
+
 
 class SQLite(SessionDialect):
     """``INSERT … ON CONFLICT``; ISO text timestamps; WAL and a busy timeout on files."""
@@ -603,6 +646,9 @@ class SQLite(SessionDialect):
     def create_user_index(self, conn: Connection, table: sa.Table, path: str) -> None:
         with transaction(conn, self.begin_sql):
             super().create_user_index(conn, table, path)
+
+    def is_misconfiguration(self, exc: DBAPIError) -> bool:
+        return "unable to open database file" in str(exc.orig)
 
     @classmethod
     def on_connect(cls, url: URL) -> Callable[[Any, Any], None] | None:

@@ -70,27 +70,39 @@ class _Compiled:
     def __init__(self, statement: Any, dialect: Dialect) -> None:
         self.compiled = compiled = statement.compile(dialect=dialect)
         self.sql: str = compiled.string
-        self.positions = compiled.positiontup
-        self.bind_processors = [
-            (name, processor)
-            for name, bind in compiled.binds.items()
-            if (processor := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
-        ]
+        binds = compiled.binds
+        processors = {
+            name: bind.type.dialect_impl(dialect).bind_processor(dialect) for name, bind in binds.items()
+        }
+        self.positional = compiled.positiontup is not None
+        names = list(compiled.positiontup) if self.positional else list(binds)
+        # Every value comes from the caller, under its own name: the parameters
+        # are built straight from them; anything else goes through construct_params.
+        self.direct = all(name in binds and binds[name].required for name in names)
+        self.order = [(name, processors.get(name)) for name in names]
         columns = getattr(statement, "selected_columns", ())
         self.result_processors = [
             column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns
         ]
 
     def parameters(self, params: dict[str, Any]) -> Any:
-        values = self.compiled.construct_params(params)
         try:
-            for name, process in self.bind_processors:
-                values[name] = process(values[name])
+            if not self.direct:
+                values = self.compiled.construct_params(params)
+                params = values
+            processed = [
+                (name, params[name] if process is None else process(params[name]))
+                for name, process in self.order
+            ]
+        except KeyError as exc:
+            raise sa.exc.StatementError(
+                f"A value is required for bind parameter {exc}", self.sql, None, exc
+            ) from exc
         except Exception as exc:  # as Core reports a value its type refuses
             raise sa.exc.StatementError(str(exc), self.sql, None, exc) from exc
-        if self.positions is not None:
-            return tuple(values[name] for name in self.positions)
-        return values
+        if self.positional:
+            return tuple(value for _, value in processed)
+        return dict(processed)
 
     def row(self, row: Any) -> tuple[Any, ...] | None:
         if row is None:
@@ -174,10 +186,13 @@ class StatementRunner:
             sql = compiled.sql
             parameters = compiled.parameters(params)
             self._notify(sql, parameters)
-            cursor = pooled.cursor()
+            cursor = _cursor(pooled)
             cursor.execute(sql, parameters)
-            result = compiled.row(cursor.fetchone()) if fetch else cursor.rowcount
-            cursor.close()
+            if fetch:
+                rows = cursor.fetchall()  # to the end: SQLite ends the statement's read snapshot there
+                result = compiled.row(rows[0] if rows else None)
+            else:
+                result = cursor.rowcount
             if self._needs_commit(pooled.dbapi_connection):
                 pooled.commit()
             return result
@@ -247,6 +262,10 @@ class StatementRunner:
                     log.debug("a session statement lost a race (%s); trying again", exc.orig)
                     time.sleep(random.uniform(0, min(MAX_CONFLICT_PAUSE, CONFLICT_PAUSE * 2**conflicts)))
                     continue
+                if self.dialect.is_conflict(exc):
+                    raise ConcurrentUpdateError(
+                        f"the session kept losing to concurrent writers ({exc.orig!r}); try the request again"
+                    ) from exc
                 raise store_error(exc, self.dialect) from exc
             except sa.exc.TimeoutError as exc:  # the pool stayed exhausted for pool_timeout
                 raise StoreUnavailable(f"no session database connection became free: {exc}") from exc
@@ -304,6 +323,19 @@ def needs_commit(dialect: Dialect, dbapi_connection: Any) -> bool:
         return dbapi_connection is None or not dialect.detect_autocommit_setting(dbapi_connection)
     except NotImplementedError:
         return True
+
+
+_CURSOR = "wsgi_dbsession.cursor"
+
+
+def _cursor(pooled: Any) -> Any:
+    """The pooled connection's DBAPI cursor, made once per connection (a new one costs µs per statement)."""
+    cached = pooled.info.get(_CURSOR)
+    if cached is not None and cached[0] is pooled.dbapi_connection:
+        return cached[1]
+    cursor = pooled.cursor()
+    pooled.info[_CURSOR] = (pooled.dbapi_connection, cursor)
+    return cursor
 
 
 def store_error(exc: DBAPIError, dialect: SessionDialect | None = None) -> StoreError:

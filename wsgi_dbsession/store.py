@@ -103,8 +103,18 @@ def utcnow() -> dt.datetime:
 
 
 def normalize_url(url: str | URL) -> URL:
-    """Give a bare ``postgresql://``, ``mysql://`` or ``mssql://`` URL its tested driver."""
-    parsed = make_url(url)
+    """Give a bare ``postgresql://``, ``mysql://`` or ``mssql://`` URL its tested driver.
+
+    ``postgres://`` (Heroku and other platforms) is read as ``postgresql://``.
+    A URL that does not parse is a :class:`ConfigurationError`.
+    """
+    try:
+        parsed = make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise ConfigurationError(f"url is not a database URL ({exc})") from None
+    backend, plus, driver_name = parsed.drivername.partition("+")
+    if backend == "postgres":
+        parsed = parsed.set(drivername=f"postgresql{plus}{driver_name}")
     driver = dialect_class(parsed.get_backend_name()).default_driver
     if "+" not in parsed.drivername and driver is not None:
         parsed = parsed.set(drivername=f"{parsed.drivername}+{driver}")
@@ -134,11 +144,33 @@ def create_engine(url: str | URL | None = None, **options: Any) -> Engine:
         "pool_pre_ping": False,
         "hide_parameters": True,
     }
-    engine = sa.create_engine(parsed, **_merge_options(defaults, dialect.engine_options(parsed), options))
+    try:
+        engine = sa.create_engine(
+            dialect.driver_url(parsed), **_merge_options(defaults, dialect.engine_options(parsed), options)
+        )
+    except sa.exc.NoSuchModuleError as exc:
+        raise ConfigurationError(
+            f"url names a database SQLAlchemy does not know ({parsed.drivername!r}): {exc}"
+        ) from None
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"the database driver of {parsed.drivername!r} is not installed ({exc}); {_install_hint(parsed)}"
+        ) from exc
     on_connect = dialect.on_connect(parsed)
     if on_connect is not None:
         sa.event.listen(engine, "connect", on_connect)
     return engine
+
+
+def _install_hint(url: URL) -> str:
+    dialect = dialect_class(url.get_backend_name())
+    if dialect.extra is None:
+        return "install it"
+    extra = f"pip install 'wsgi_dbsession[{dialect.extra}]'"
+    if url.get_driver_name() == dialect.default_driver:
+        return extra
+    tested = f"{url.get_backend_name()}+{dialect.default_driver}://"
+    return f"install it, or use a {tested} url, the tested driver ({extra})"
 
 
 def _merge_options(*layers: dict[str, Any]) -> dict[str, Any]:
