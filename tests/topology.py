@@ -43,7 +43,9 @@ from wsgi_dbsession import unsign
 ROOT = Path(__file__).resolve().parent.parent
 START_SERVICES = ".ci/services.sh"
 
-PGBOUNCER_URL = os.environ.get("WSGI_DBSESSION_PGBOUNCER_URL", "postgresql://postgres@127.0.0.1:6432/test")
+PGBOUNCER_URL = os.environ.get(
+    "WSGI_DBSESSION_PGBOUNCER_URL", "postgresql://postgres@127.0.0.1:6432/test?prepare_threshold=none"
+)
 PGBOUNCER_SESSION_URL = os.environ.get(
     "WSGI_DBSESSION_PGBOUNCER_SESSION_URL", "postgresql://postgres@127.0.0.1:6432/test_session"
 )

@@ -32,8 +32,9 @@ OWN_COOKIE_FIELDS = frozenset(
 
 def to_iso_z(value: dt.datetime) -> str:
     """JavaScript's ``Date.toISOString()``: UTC, milliseconds, ``Z``."""
-    value = value.astimezone(UTC)
-    return f"{value:%Y-%m-%dT%H:%M:%S}.{value.microsecond // 1000:03d}Z"
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 def from_iso(text: str) -> dt.datetime:

@@ -22,7 +22,7 @@ from . import express
 from .cookies import SessionCookie, generate_sid
 from .exceptions import SerializationError, SessionTooLarge, StoreUnavailable
 from .express import RESERVED_KEYS, Record
-from .store import SessionStore, utcnow
+from .store import JSONSerializer, SessionStore, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,8 @@ FLASH_PREFIX = "_f_"
 CSRF_KEY = "_csrft_"
 # Compare-and-set merges tried before a contended save takes a row lock.
 OPTIMISTIC_MERGES = 3
+# Values the app cannot change in place: handing them out needs no snapshot.
+_IMMUTABLE = (str, int, float, bool, type(None))
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,6 @@ class StoredRow:
 
     sid: str = field(repr=False)  # a session id is a credential: never in a repr
     text: str = field(repr=False)  # the exact stored JSON: what compare-and-set compares
-    baseline: str = field(repr=False)  # the app's data as serialized then: nested changes show against it
     expires: dt.datetime
     max_age: int | None  # the lifetime it was stored with (seconds; None: browser session)
 
@@ -92,6 +93,7 @@ class Session(MutableMapping[str, Any]):
         "_record",
         "_row",
         "_sid",
+        "_snapshots",
     )
 
     def __init__(self, factory: SessionFactory, cookie_header: str | None) -> None:
@@ -127,10 +129,11 @@ class Session(MutableMapping[str, Any]):
         self._data = record.data
         self._record = record
         self._sid: str | None = sid
-        self._row: StoredRow | None = StoredRow(
-            sid, stored.text, self._dumps(record.data), stored.expires, record.max_age
-        )
+        self._row: StoredRow | None = StoredRow(sid, stored.text, stored.expires, record.max_age)
         self._changed = False
+        # Values handed to the app that it could change in place, as they
+        # were serialized then: a nested change shows against them.
+        self._snapshots: dict[str, str] = {}
 
     def _decode(self, text: str, now: dt.datetime) -> Record | None:
         try:
@@ -147,11 +150,15 @@ class Session(MutableMapping[str, Any]):
         self._sid = None
         self._row = None
         self._changed = False
+        self._snapshots = {}
 
     # -- the mapping ------------------------------------------------------------
 
     def __getitem__(self, key: str) -> Any:
-        return self._mapping()[key]
+        value = self._mapping()[key]
+        if not isinstance(value, _IMMUTABLE) and key not in self._snapshots:
+            self._snapshots[key] = self._dumps({key: value})
+        return value
 
     def __setitem__(self, key: str, value: Any) -> None:
         if not isinstance(key, str):
@@ -322,7 +329,7 @@ class Session(MutableMapping[str, Any]):
             return self._save_new(now, secure)
         if self._sid != row.sid:
             return self._save_renamed(row, now, secure)
-        if self._changed or self._dumps(self._data) != row.baseline:
+        if self._changed or self._changed_in_place():
             return self._save_changed(row, now, secure)
         if not headers_sent and self._factory.rolling and self._touch_due(row, now):
             expires = now + dt.timedelta(seconds=self._record.lifetime())
@@ -374,7 +381,7 @@ class Session(MutableMapping[str, Any]):
         expired meanwhile): it is not brought back.
         """
         serializer, dumps = self._factory.store.serializer, self._dumps
-        base = serializer.loads(row.baseline)
+        base = express.strip_reserved(serializer.loads(row.text))
         updated = {k: v for k, v in self._data.items() if k not in base or dumps(v) != dumps(base[k])}
         removed = [k for k in base if k not in self._data]
         merged: dict[str, Any] = {}
@@ -408,8 +415,16 @@ class Session(MutableMapping[str, Any]):
         return True
 
     def _mark_saved(self, sid: str, text: str, expires: dt.datetime) -> None:
-        self._row = StoredRow(sid, text, self._dumps(self._data), expires, self._record.max_age)
+        self._row = StoredRow(sid, text, expires, self._record.max_age)
         self._changed = False
+        data = self._data
+        self._snapshots = {key: self._dumps({key: data[key]}) for key in self._snapshots if key in data}
+
+    def _changed_in_place(self) -> bool:
+        data = self._data
+        return any(
+            key in data and self._dumps({key: data[key]}) != before for key, before in self._snapshots.items()
+        )
 
     def _touch_due(self, row: StoredRow, now: dt.datetime) -> bool:
         remaining = (row.expires - now).total_seconds()
@@ -435,7 +450,39 @@ class Session(MutableMapping[str, Any]):
         limit = self._factory.max_size
         if limit is not None and size > limit:
             raise SessionTooLarge(size, limit)
+        if type(self._factory.store.serializer) is JSONSerializer:
+            _check_round_trip(text, data)
         return text, expires
+
+
+def _check_round_trip(text: str, data: dict[str, Any]) -> None:
+    """Refuse data JSON would store changed: a dict key that is not a string (``{1: "a"}``
+    comes back as ``{"1": "a"}``). On writes only; a tuple comes back as a list and is
+    accepted (Flask's flash() stores tuples), so only a round trip that differs is walked.
+    """
+    if express.strip_reserved(JSONSerializer().loads(text)) == data:
+        return
+    for key, value in data.items():
+        for bad in _non_string_keys(value):
+            raise SerializationError(
+                f"session[{key!r}] holds a dict with the key {bad!r}, which is not a string: "
+                "JSON would store it as text and give back a different dict; use string keys",
+                key,
+            )
+
+
+def _non_string_keys(value: Any) -> Iterator[Any]:
+    """The dict keys inside ``value`` that are not strings."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, nested in item.items():
+                if not isinstance(key, str):
+                    yield key
+                stack.append(nested)
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
 
 
 def _explain(serializer: Any, data: dict[str, Any], exc: Exception) -> SerializationError:
