@@ -210,6 +210,10 @@ def _decode_uri_component(value: str) -> str | None:
     """``decodeURIComponent``; None where it would throw (bad UTF-8 escapes)."""
     if "%" not in value:
         return value
+    # A signed id escapes only these three: decode them without the general decoder.
+    decoded = value.replace("%3A", ":").replace("%2B", "+").replace("%2F", "/")
+    if "%" not in decoded:
+        return decoded
     try:
         return unquote(value, errors="strict")
     except UnicodeDecodeError:

@@ -95,7 +95,8 @@ class SessionManager:
         """
         if not session.loaded:
             return []
-        return self.cookie_headers(session.save(secure=self.secure(environ)), environ)
+        secure = self.secure(environ)
+        return self.cookie_headers(session.save(secure=secure), secure)
 
     def save_late(self, session: Session, environ: WSGIEnvironment) -> None:
         """Write changes made after the headers went out (a write needs no new cookie); never raises."""
@@ -108,11 +109,10 @@ class SessionManager:
         """Whether this request's cookie carries the Secure flag."""
         return self.cookie.is_secure(environ.get("wsgi.url_scheme", "http"))
 
-    def cookie_headers(self, update: CookieUpdate | None, environ: WSGIEnvironment) -> list[tuple[str, str]]:
-        """The ``Set-Cookie`` headers that carry out a session's cookie update."""
+    def cookie_headers(self, update: CookieUpdate | None, secure: bool) -> list[tuple[str, str]]:
+        """The ``Set-Cookie`` headers that carry out a session's cookie update (``secure``: with the flag)."""
         if update is None:
             return []
-        secure = self.secure(environ)
         if update.sid is None:
             return [self.cookie.expire_header(secure=secure)]
         return [self.cookie.set_header(update.sid, update.max_age, secure=secure)]

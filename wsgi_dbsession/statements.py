@@ -82,7 +82,9 @@ class _Compiled:
         self.order = [(name, processors.get(name)) for name in names]
         columns = getattr(statement, "selected_columns", ())
         self.result_processors = [
-            column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns
+            (position, processor)
+            for position, column in enumerate(columns)
+            if (processor := column.type.dialect_impl(dialect).result_processor(dialect, None)) is not None
         ]
 
     def parameters(self, params: dict[str, Any]) -> Any:
@@ -105,12 +107,12 @@ class _Compiled:
         return dict(processed)
 
     def row(self, row: Any) -> tuple[Any, ...] | None:
-        if row is None:
-            return None
-        return tuple(
-            value if process is None else process(value)
-            for value, process in zip(row, self.result_processors, strict=True)
-        )
+        if row is None or not self.result_processors:
+            return row  # type: ignore[no-any-return]
+        values = list(row)
+        for position, process in self.result_processors:
+            values[position] = process(values[position])
+        return tuple(values)
 
 
 class StatementRunner:
