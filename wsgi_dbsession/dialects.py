@@ -473,8 +473,7 @@ class MySQL(SessionDialect):
         return _error_code(exc) in self.conflict_codes
 
     def user_expression(self, columns: SessionColumns, path: str) -> sa.ColumnElement[Any]:
-        user_path(path)
-        return sa.literal_column(self.sa_dialect.identifier_preparer.quote(USER_COLUMN), sa.Unicode())
+        return _user_column(self, path)
 
     def user_index_ddl(self, table: sa.Table, path: str) -> list[str]:
         # A VIRTUAL column costs no storage and no change to any INSERT that
@@ -581,8 +580,7 @@ class MSSQL(SessionDialect):
         return bool(_error_code(exc) == 1205)  # chosen as the deadlock victim
 
     def user_expression(self, columns: SessionColumns, path: str) -> sa.ColumnElement[Any]:
-        user_path(path)
-        return sa.literal_column(self.sa_dialect.identifier_preparer.quote(USER_COLUMN), sa.Unicode())
+        return _user_column(self, path)
 
     def user_index_ddl(self, table: sa.Table, path: str) -> list[str]:
         # A computed column (not PERSISTED: JSON_VALUE is deterministic, so it
@@ -667,6 +665,12 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def _user_column(dialect: SessionDialect, path: str) -> sa.ColumnElement[Any]:
+    """The indexed column that holds the user id, where the database keeps it as a column."""
+    user_path(path)
+    return sa.literal_column(dialect.sa_dialect.identifier_preparer.quote(USER_COLUMN), sa.Unicode())
 
 
 def _error_code(exc: DBAPIError) -> Any:
