@@ -30,7 +30,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 
-from .dialects import user_path
+from .dialects import dialect_class, user_path
 from .exceptions import ConfigurationError, SessionError
 from .prune import prune_once
 from .store import PRUNE_BATCH_SIZE, SessionStore
@@ -171,12 +171,8 @@ def _missing_sqlite_file(url: str) -> str | None:
         parsed = sa.make_url(url)
     except sa.exc.ArgumentError:
         return None  # the store reports it
-    if parsed.get_backend_name() != "sqlite" or parsed.query.get("uri") == "true":
-        return None
-    if parsed.database in (None, "", ":memory:"):
-        return None
-    path = os.path.abspath(parsed.database)
-    return None if os.path.exists(path) else path
+    path = dialect_class(parsed.get_backend_name()).database_file(parsed)
+    return None if path is None or os.path.exists(path) else path
 
 
 USER_COMMANDS = ("sessions", "logout-user")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
+import os
 import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -273,6 +274,11 @@ class SessionDialect:
         if timeout_arg is not None and timeout_arg not in url.query:
             options["connect_args"] = {timeout_arg: CONNECT_TIMEOUT}
         return options
+
+    @classmethod
+    def database_file(cls, url: URL) -> str | None:
+        """The absolute path of the file that holds the database, for embedded databases."""
+        return None
 
     @classmethod
     def driver_url(cls, url: URL) -> URL:
@@ -647,6 +653,12 @@ class SQLite(SessionDialect):
 
     def is_misconfiguration(self, exc: DBAPIError) -> bool:
         return "unable to open database file" in str(exc.orig)
+
+    @classmethod
+    def database_file(cls, url: URL) -> str | None:
+        if url.query.get("uri") == "true" or url.database in (None, "", ":memory:"):
+            return None
+        return os.path.abspath(url.database)
 
     @classmethod
     def on_connect(cls, url: URL) -> Callable[[Any, Any], None] | None:
