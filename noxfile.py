@@ -6,7 +6,7 @@ Sessions (``nox -l`` lists them; ``docs/support.md`` is the policy they test):
   classifiers in pyproject.toml name, each with the newest release of every
   dependency that installs there (``tests-3.13`` is the newest combination);
 - ``lowest``: the oldest supported Python with the lowest version
-  pyproject.toml allows of SQLAlchemy, psycopg, PyMySQL, pymssql, WebOb,
+  pyproject.toml allows of SQLAlchemy, psycopg, PyMySQL, pymssql,
   APScheduler, Pyramid and Flask, each pinned;
 - ``release``: build the sdist and the wheel, ``twine check`` them, check
   what each carries (LICENSE and CHANGELOG included), install the sdist and
@@ -38,7 +38,7 @@ PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
 PYTHONS = nox.project.python_versions(PYPROJECT)
 FAST_TESTS = ("-m", "not slow", "--ignore=tests/test_node_interop.py", "-x", "-q")
 # The dependencies whose lowest supported version the ``lowest`` session installs.
-LOWEST = ("sqlalchemy", "psycopg", "pymysql", "pymssql", "webob", "apscheduler", "pyramid", "flask")
+LOWEST = ("sqlalchemy", "psycopg", "pymysql", "pymssql", "apscheduler", "pyramid", "flask")
 SHOW_VERSIONS = (
     "import importlib.metadata as m, platform, sys; "
     "print('Python', platform.python_version(), *(f'{n} {m.version(n)}' for n in sys.argv[1:]), sep=', ')"
