@@ -46,8 +46,12 @@ log = logging.getLogger(__name__)
 LEASE_TABLE_SUFFIX = "_lease"
 MIN_LEASE = 30.0  # seconds: the shortest hold, longer than any one batch
 _EXECUTOR = "wsgi_dbsession"
-# APScheduler logs two INFO lines per run of a job; this package's own lines say more.
+# APScheduler logs two INFO lines per run of a job, and three when its
+# scheduler starts; this package's own lines say more. Set these loggers'
+# levels lower to see them.
 logging.getLogger(f"apscheduler.executors.{_EXECUTOR}").setLevel(logging.WARNING)
+_SCHEDULER_LOG = log.getChild("scheduler")
+_SCHEDULER_LOG.setLevel(logging.WARNING)
 
 
 class PruneLease:
@@ -232,7 +236,7 @@ class PruneScheduler:
                 daemon=True,
                 executors={_EXECUTOR: DebugExecutor()},
                 timezone=dt.timezone.utc,
-                logger=log.getChild("scheduler"),
+                logger=_SCHEDULER_LOG,
             )
             # 50-150 % of the interval between runs, the interval on average
             # (connect-pg-simple's spread): workers started together drift apart.
