@@ -41,10 +41,10 @@ PLANTED = [
     Planted(
         "rolling-never-extends",
         "session.py",
-        "        if not headers_sent and self._factory.rolling and self._touch_due(now):\n"
-        "            expires = now + dt.timedelta(seconds=self._lifetime())\n",
-        "        if not headers_sent and self._factory.rolling and self._touch_due(now):\n"
-        "            expires = self._expires\n",
+        "        if not headers_sent and self._factory.rolling and self._touch_due(row, now):\n"
+        "            expires = now + dt.timedelta(seconds=self._record.lifetime())\n",
+        "        if not headers_sent and self._factory.rolling and self._touch_due(row, now):\n"
+        "            expires = row.expires\n",
         (
             "tests/test_middleware.py::"
             "test_rolling_moves_the_expiry_of_a_read_only_request_a_whole_lifetime_ahead[sqlite]",
@@ -67,9 +67,15 @@ PLANTED = [
     Planted(
         "regenerate-twice",
         "session.py",
-        "        if self._stored and self._renamed_from is None:\n"
-        "            self._renamed_from = self._sid\n",
-        "        if self._stored:\n            self._renamed_from = self._sid\n",
+        # The row to rename is derived (``_row.sid`` while ``_sid`` differs); the bug
+        # records the current id as the stored row's before generating a new one, so
+        # a second regenerate() renames the first new id, never stored.
+        "        self._mapping()\n        self._sid = generate_sid()\n        self._changed = True\n",
+        "        self._mapping()\n"
+        "        if self._row is not None and self._sid is not None:\n"
+        "            self._row = replace(self._row, sid=self._sid)\n"
+        "        self._sid = generate_sid()\n"
+        "        self._changed = True\n",
         (
             "tests/test_security.py::"
             "test_regenerating_twice_in_one_request_still_retires_the_id_known_before_login[sqlite]",
@@ -79,7 +85,7 @@ PLANTED = [
     Planted(
         "regenerate-then-invalidate",
         "session.py",
-        "self._doomed_sid = self._renamed_from or self._sid",
+        "self._doomed_sid = self._row.sid  # the stored id, even after a regenerate()",
         "self._doomed_sid = self._sid",
         (
             "tests/test_security.py::"
@@ -90,9 +96,9 @@ PLANTED = [
     Planted(
         "rename-of-a-vanished-row-writes-nothing",
         "session.py",
-        "        if not store.rename(self._renamed_from, self._sid, text, expires):\n"
+        "        if not store.rename(row.sid, self._sid, text, expires):\n"
         "            store.write(self._sid, text, expires)",
-        "        if not store.rename(self._renamed_from, self._sid, text, expires):\n            pass",
+        "        if not store.rename(row.sid, self._sid, text, expires):\n            pass",
         (
             "tests/test_concurrency.py::"
             "test_a_login_whose_old_row_vanished_meanwhile_is_saved_under_the_new_id[sqlite]",
@@ -102,8 +108,8 @@ PLANTED = [
     Planted(
         "failed-save-not-sticky",
         "middleware.py",
-        "            if failure is not None:\n"
-        "                raise failure  # again, if the app swallowed it and tries another answer\n",
+        "        if self.failure is not None:\n"
+        "            raise self.failure  # again, if the app swallowed it and tries another answer\n",
         "",
         (
             "tests/test_middleware.py::"
@@ -116,8 +122,8 @@ PLANTED = [
     Planted(
         "planted-id-adopted",
         "session.py",
-        "        if stored is None or not self._adopt(sid, stored):\n            self._start_fresh(now)\n",
-        "        if stored is None or not self._adopt(sid, stored):\n"
+        "        if record is None or sid is None or stored is None:\n            self._start_fresh(now)\n",
+        "        if record is None or sid is None or stored is None:\n"
         "            self._start_fresh(now)\n"
         "            self._sid = sid\n",
         (
@@ -129,8 +135,8 @@ PLANTED = [
     Planted(
         "merge-keeps-reserved-keys",
         "session.py",
-        "            for key in RESERVED_KEYS:\n                merged.pop(key, None)\n",
-        "",
+        "            merged = express.strip_reserved(serializer.loads(current))\n",
+        "            merged = serializer.loads(current)\n",
         (
             "tests/test_concurrency.py::"
             "test_a_merged_save_keeps_the_machinery_s_keys_out_of_the_session[sqlite]",
@@ -139,12 +145,12 @@ PLANTED = [
     ),
     Planted(
         "prune-ignores-stop",
-        "cleanup.py",
+        "prune.py",
         "        if stop is not None and stop.is_set():\n            break\n",
         "",
         (
             "tests/test_cleanup.py::"
-            "test_shutdown_during_a_long_prune_returns_and_stops_it_after_the_current_batch[sqlite]",
+            "test_shutdown_during_a_long_prune_returns_and_stops_it_after_the_current_batch[sqlite-core]",
         ),
         "shutdown waits for a whole prune",
     ),

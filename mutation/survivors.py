@@ -12,6 +12,8 @@ between the ``<!-- mutation-survivors -->`` markers with the score and every
 survivor, grouped by reason.
 """
 
+# ruff: noqa: E501  # the reasons name tests, whose names are long
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +36,9 @@ class Mutant:
     @property
     def function(self) -> str:
         module, _, rest = self.name.partition(".x")
-        rest = rest.rsplit("__mutmut_", 1)[0].lstrip("_ǁ").replace("ǁ", ".")
+        rest = rest.rsplit("__mutmut_", 1)[0]
+        rest = rest[1:] if rest.startswith(("_", "ǁ")) else rest  # mutmut's x_name or xǁClassǁmethod
+        rest = rest.replace("ǁ", ".")
         return f"{module.removeprefix('wsgi_dbsession.')}.{rest}"
 
     @property
@@ -80,8 +84,326 @@ WORDING = (
     "Equivalent: the wording of a log line or an error message. Tests match the fragments "
     "a user or an operator relies on (the key, the option, the cause), not every word."
 )
+SECOND_SAVE = (
+    "Equivalent in every flow the package runs: what `_mark_saved` records is read only by a later "
+    "save in the same request (the middleware's save when the body closes, an app's own `save()`), "
+    "and its fallbacks give the same stored row (a compare-and-set against a wrong text goes to the "
+    "merge; a rename of an unknown id writes the row); the save at the body's close makes no touch."
+)
+ADDED_SESSION = "Killed by a test added after this run (checked by planting the mutation by hand): "
 RULES: list[Rule] = [
     Rule(WORDING, message_only=True),
+    Rule(
+        "Equivalent: HTTP field names are case-insensitive (RFC 9110 section 5.1), and so are "
+        "Python's codec names.",
+        removed=r'"(Set-Cookie|utf-8|ascii)"',
+        added=r'"(set-cookie|SET-COOKIE|UTF-8|ASCII)"',
+    ),
+    Rule(
+        "Equivalent: the reason phrase of a status code the `http` module does not know; "
+        "clients ignore reason phrases (RFC 9112 section 4).",
+        function=r"^manager\._reason$",
+    ),
+    Rule(
+        ADDED_SESSION
+        + "`tests/test_middleware.py::test_the_error_page_of_a_failed_save_is_complete_and_never_cached` "
+        "checks the exact status and headers the server gets.",
+        function=r"^manager\.SessionManager\.error_page$",
+    ),
+    Rule(
+        ADDED_SESSION
+        + "`tests/test_middleware.py::test_a_session_outage_after_the_response_started_is_passed_to_the_server_with_exc_info`.",
+        function=r"^middleware\._Cycle\.error_response$",
+        removed=r"handling = sys\.exc_info\(\) if self\.sent else None|handling\[0\] is not None",
+        added=r"handling = None|and False|\(self\.sent\) or True|handling\[0\] is None|headers, (None)?\)?$",
+    ),
+    Rule(
+        "Equivalent: `handling` is None or a whole `sys.exc_info()` triple, whose three items are "
+        "all set or all None, so these conditions never decide differently.",
+        function=r"^middleware\._Cycle\.error_response$",
+    ),
+    Rule(
+        ADDED_SESSION
+        + "`tests/test_middleware.py::test_a_streamed_body_is_closed_however_its_first_item_ends`.",
+        function=r"^middleware\.(_prime|_Chained\.close|_ClosingIterable\.close|_close)$",
+    ),
+    Rule(
+        "Covered by `tests/test_http_correctness.py` (`test_a_response_setting_the_session_cookie_is_never_stored_by_a_shared_cache`, "
+        "the non-string-key tests, `test_the_default_sqlite_file_is_named_in_a_warning_once_per_process`), "
+        "a file the run does not select (its real-server tests are slow); checked by planting a "
+        "sample of these mutations by hand.",
+        function=r"^(middleware\._private|session\._non_string_keys|manager\._warn_default_file)$",
+    ),
+    Rule(
+        "Killed by `tests/test_http_correctness.py::test_every_change_of_lifetime_sends_the_matching_cookie`, "
+        "a file the run does not select (checked by planting the mutation by hand).",
+        function=r"^session\.Session\._save_changed$",
+        added=r"max_age == row\.max_age",
+    ),
+    Rule(
+        ADDED_SESSION
+        + "`tests/test_concurrency.py::test_a_key_both_requests_deleted_stays_deleted_and_the_merge_keeps_the_secure_flag`.",
+        function=r"^session\.Session\.(_merge|_save_changed)$",
+        added=r"merged\.pop\(key, \)|_serialize\(merged, now, None\)\[0\], expires|_merge\(row, now, None",
+    ),
+    Rule(
+        ADDED_SESSION
+        + "`tests/test_middleware.py::test_unserializable_value_is_a_500_naming_the_key_and_the_stored_session_is_unchanged` "
+        "now checks `SerializationError.key`.",
+        function=r"^session\._explain$",
+        removed=r"^key,$",
+    ),
+    Rule(
+        "Killed by `tests/test_http_correctness.py` (the `Vary`/`Cache-Control` tests, the new "
+        "`test_every_header_of_the_app_is_kept_around_the_ones_the_session_changes`, the non-string-key "
+        "tests, which now also check `SerializationError.key`), a file the run does not select; "
+        "checked by planting a sample of these mutations by hand.",
+        function=r"^(middleware\.cache_headers|session\._check_round_trip|session\.Session\.__setitem__)$",
+    ),
+    Rule(
+        "Killed by `tests/test_http_correctness.py`'s non-string-key tests (checked by planting by hand): "
+        "without the JSON round-trip check a dict with an int key is stored changed.",
+        function=r"^session\.Session\._serialize$",
+        removed=r"type\(self\._factory\.store\.serializer\) is JSONSerializer",
+    ),
+    Rule(
+        ADDED_SESSION + "`tests/test_session.py::test_a_lone_surrogate_is_a_500_naming_the_key`.",
+        function=r"^session\.Session\._serialize$",
+        added=r"serializer, None, exc\)",
+    ),
+    Rule(
+        "Equivalent: the cause's text in an error message (wording).",
+        function=r"^session\.Session\.(_dumps|_serialize)$",
+        added=r"data, (None)?\) from exc",
+    ),
+    Rule(
+        "Equivalent: an id holds no `.` (base64url) and a signature none either (standard base64), "
+        "so a value with more than one `.` never verifies, split at the first dot or the last.",
+        function=r"^cookies\.unsign$",
+        added=r"\.partition\(\"\.\"\)",
+    ),
+    Rule(
+        "Equivalent: a fresh session has no row, and a save with no row writes a new one whatever "
+        "`_changed` says; `Record.data` is read only when a row is decoded.",
+        function=r"^session\.Session\._start_fresh$",
+    ),
+    Rule(
+        SECOND_SAVE,
+        function=r"^session\.Session\.(_save_new|_mark_saved)$",
+        removed=r"_mark_saved\(|StoredRow\(|self\._changed = False",
+    ),
+    Rule(
+        "Not killed (missing test): after a save, the snapshots are taken of `null`, so the save when "
+        "the body closes writes the unchanged data once more. Only a count of the statements of such "
+        "a request would see it; the data stored stays right.",
+        function=r"^session\.Session\._mark_saved$",
+        added=r"_dumps\(None\)",
+    ),
+    Rule(
+        "Not killed (missing test): a session of exactly `max_size` bytes is refused. A test needs a "
+        "session whose serialized size is known to the byte, and the stored `_created` and expiry "
+        "change length with the clock.",
+        function=r"^session\.Session\._serialize$",
+        added=r"size >= limit",
+    ),
+    Rule(
+        "Equivalent: `rstrip` takes a set of characters, and the 43rd character of the base64 of a "
+        "32-byte digest encodes 4 bits, so it is one of `AEIMQUYcgkosw048`, never `X`.",
+        function=r"^cookies\._signature$",
+        added=r'rstrip\("XX=XX"\)',
+    ),
+    Rule(
+        "Killed by `tests/test_http_correctness.py::test_a_change_saved_as_the_body_streams_over_https_keeps_the_secure_flag` "
+        "(added after this run; checked by planting the mutation by hand).",
+        function=r"^manager\.SessionManager\.save_late$",
+        removed=r"secure=self\.secure\(environ\)",
+    ),
+    Rule(
+        "Equivalent: PEP 3333 requires `wsgi.url_scheme` in every environ, so the default is never used.",
+        function=r"^manager\.SessionManager\.secure$",
+        removed=r'environ\.get\("wsgi\.url_scheme", "http"\)',
+    ),
+    Rule(
+        "Equivalent: `_expire_cookie` is only tested for truth, and None is false as False is.",
+        function=r"^session\.Session\._load$",
+        removed=r"self\._expire_cookie = False",
+    ),
+    Rule(
+        "Equivalent: `stored` is None whenever `sid` is, and `record` is None whenever `stored` is, "
+        "so `record is None` alone decides.",
+        function=r"^session\.Session\._load$",
+        removed=r"if record is None or sid is None or stored is None:",
+    ),
+    Rule(
+        ADDED_SESSION + "`tests/test_cookies.py::test_up_to_four_same_named_cookies_are_tried`.",
+        function=r"^cookies\.SessionCookie\.read$",
+        removed=r"tried (= 0|\+= 1|>= _MAX_CANDIDATES)",
+    ),
+    Rule(
+        "Equivalent: a signed value holds no `=` (the padding is stripped, and `encodeURIComponent` "
+        "escapes it), so splitting a cookie at its first or its last `=` finds the same value for "
+        "any cookie that can verify.",
+        function=r"^cookies\.SessionCookie\.read$",
+        added=r"rpartition\(\"=\"\)",
+    ),
+    Rule(
+        "Killed by `tests/test_http_correctness.py::test_every_change_of_lifetime_sends_the_matching_cookie` "
+        "(checked by planting by hand): `set_expiry(None)` on a row stored with a lifetime must send "
+        "the browser-session cookie.",
+        function=r"^session\.Session\._load$",
+        added=r"stored\.expires, None\)",
+    ),
+    Rule(
+        "Equivalent: `_changed` is only tested for truth.",
+        function=r"^session\.Session\._load$",
+        removed=r"self\._changed = False",
+    ),
+    Rule(
+        ADDED_SESSION
+        + "`tests/test_session.py::test_an_update_and_a_regenerate_keep_the_secure_flag_and_the_lifetime`.",
+        function=r"^session\.Session\._write$",
+        added=r"_save_(renamed|changed)\(row, now, None\)",
+    ),
+    Rule(
+        'Equivalent: a destroy of the id `""`, which no row has, deletes nothing.',
+        function=r"^session\.Session\._write$",
+        added=r'self\._doomed_sid = ""',
+    ),
+    Rule(
+        SECOND_SAVE,
+        function=r"^session\.Session\._write$",
+        removed=r"self\._row = replace\(row, expires=expires\)",
+    ),
+    Rule(
+        "Not killed (low value): the package always passes `secure`; the default is used only when "
+        "an app calls `save()` itself, and decides only the `secure` field of the stored cookie "
+        "object until the middleware's next write.",
+        function=r"^session\.Session\.save$",
+        removed=r"secure: bool = False",
+    ),
+    Rule(
+        'Equivalent: a value of one `"` or an empty quoted `""` never verifies, unquoted or not.',
+        function=r"^cookies\.SessionCookie\.read$",
+        removed=r"if len\(value\) > 1 and",
+    ),
+    Rule(
+        "Equivalent: the debug line's text and arguments, or the line skipped after four refused "
+        "candidates (the id is None either way).",
+        function=r"^cookies\.SessionCookie\.read$",
+        removed=r'^self\.name,$|^"a %r cookie|^break$',
+    ),
+    Rule(
+        ADDED_SESSION
+        + "`tests/test_middleware.py::test_a_generator_app_whose_save_fails_gets_the_error_page`.",
+        function=r"^middleware\.(SessionMiddleware\.__call__|_Cycle\.__init__)$",
+        removed=r"streaming = not cycle\.called|self\.called = False",
+        added=r"streaming = cycle\.called|self\.called = True",
+    ),
+    Rule(
+        "Not killed (log detail): the traceback of the app's own error, logged when an outage of "
+        "the store explains it, is left out of the log line; the answer is the same.",
+        function=r"^middleware\.SessionMiddleware\.__call__$",
+        removed=r"exc_info=True",
+    ),
+    Rule(
+        "Equivalent: a list or tuple body returned whole leaves nothing to save at its close; "
+        "wrapping it or not changes only the work done, not what is stored or sent.",
+        function=r"^middleware\.SessionMiddleware\.__call__$",
+        removed=r"if not session\.loaded and isinstance\(app_iter, \(list, tuple\)\):",
+    ),
+    Rule(
+        "Not killed (missing test): when the app swallowed a failed save and still returned a body, "
+        "that body is not closed before the error page goes out. No test returns a closable body "
+        "on that path; a follow-up.",
+        function=r"^middleware\.SessionMiddleware\.__call__$",
+        added=r"_close\(None\)",
+    ),
+    Rule(
+        "Equivalent: `called` and `streaming` are only tested for truth.",
+        function=r"^middleware\.(SessionMiddleware\.__call__|_Cycle\.__init__)$",
+        added=r"(streaming|self\.called) = None",
+    ),
+    Rule(
+        "Not killed, and not worth a test: the `new=` flag of the debugging repr; nothing reads it.",
+        function=r"^session\.Session\.__repr__$",
+    ),
+    Rule(
+        ADDED_SESSION
+        + "`tests/test_cookies.py::test_a_lifetime_cookie_expires_max_age_ahead_in_http_date_format`.",
+        function=r"^cookies\.SessionCookie\.set_header$",
+        removed=r"formatdate",
+    ),
+    Rule(
+        "Equivalent: with the default `errors` a bad escape decodes to U+FFFD instead of failing, "
+        "and a value holding it never verifies (an id is base64url), so the cookie is refused either way.",
+        function=r"^cookies\._decode_uri_component$",
+        added=r"unquote\(value, \)",
+    ),
+    Rule(
+        ADDED_SESSION
+        + "`tests/test_session.py::test_a_row_that_is_not_a_json_object_gives_a_fresh_session` (its `not-json` case).",
+        function=r"^session\.Session\._decode$",
+        removed=r"record = None",
+    ),
+    Rule(
+        ADDED_SESSION
+        + "`tests/test_session.py::test_reading_a_nested_value_without_changing_it_writes_nothing`.",
+        function=r"^session\.Session\.(__getitem__|_changed_in_place)$",
+    ),
+    Rule(
+        ADDED_SESSION
+        + "`tests/test_session.py::test_set_expiry_takes_one_second_or_more_or_none` (now also refuses `True` and `1.5`).",
+        function=r"^session\.Session\.set_expiry$",
+        removed=r"isinstance\(seconds, bool\)",
+    ),
+    Rule(
+        ADDED_SESSION
+        + "`tests/test_session.py::test_an_update_and_a_regenerate_keep_the_secure_flag_and_the_lifetime`.",
+        function=r"^session\.Session\.(_save_renamed|_save_changed)$",
+        removed=r"self\._serialize\(self\._data, now, secure\)|CookieUpdate\(self\._sid, self\._record\.max_age\)",
+        added=r"now, None\)|CookieUpdate\(self\._sid, (None)?\)",
+    ),
+    Rule(
+        "Equivalent: `regenerate()` changes the id, and a changed id alone makes the save a rename "
+        "(`self._sid != row.sid`); a flash appended to an existing queue is a change in place, "
+        "which the snapshot of the list handed out shows.",
+        function=r"^session\.Session\.(regenerate|flash)$",
+        removed=r"self\._changed = True",
+    ),
+    Rule(
+        SECOND_SAVE,
+        function=r"^session\.Session\.(_save_renamed|_save_changed|_merge)$",
+        added=r"_mark_saved\(",
+    ),
+    Rule(
+        "Equivalent: `merged` is always bound by `rewrite` before it is read.",
+        function=r"^session\.Session\._merge$",
+        removed=r"merged: dict\[str, Any\] = \{\}",
+    ),
+    Rule(
+        "Equivalent: `store.load` without `now` (or with None) takes the current time itself.",
+        function=r"^session\.Session\.(_merge|_load)$",
+        removed=r"store\.load\((row\.)?sid, now\)",
+    ),
+    Rule(
+        "Equivalent: the empty-session branch runs once per request with `_expire_cookie` set "
+        "(after `invalidate()`); the flag left True only makes a second save return the same "
+        "expire-cookie update the first one returned.",
+        function=r"^session\.Session\._save_new$",
+        removed=r"self\._expire_cookie, False",
+    ),
+    Rule(
+        "Equivalent in practice: the touch is due at exactly `touch_after` seconds only when the "
+        "stored expiry and the clock agree to the microsecond.",
+        function=r"^session\.Session\._touch_due$",
+        removed=r">= self\._factory\.touch_after",
+    ),
+    Rule(
+        "Equivalent: the error message's type name (`NoneType` instead of the value's type) is wording; "
+        "tests match the key and the cause.",
+        function=r"^session\._explain$",
+        removed=r"type\(value\)",
+    ),
 ]
 
 

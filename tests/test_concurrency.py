@@ -278,6 +278,30 @@ def test_a_key_deleted_by_the_request_that_saves_last_stays_deleted(make_app: Ma
     assert tabs.data() == {"b": 2}, "the other tab's change is kept and the deleted key stays deleted"
 
 
+def test_a_key_both_requests_deleted_stays_deleted_and_the_merge_keeps_the_secure_flag(
+    make_app: MakeApp,
+) -> None:
+    def delete_a(session: Any) -> None:
+        del session["a"]
+        tabs.other.get("/delete-a-set-b")  # saved first: it deleted "a" too
+
+    def delete_a_set_b(session: Any) -> None:
+        del session["a"]
+        session["b"] = 2
+
+    tabs = TwoTabs(
+        make_app,
+        {"/seed": lambda s: s.update(a=1, b=0), "/delete-a-set-b": delete_a_set_b, "/delete": delete_a},
+    )
+    sid = tabs.open("/seed")
+    https = {"wsgi.url_scheme": "https"}
+    tabs.client.get("/delete", extra_environ=https)  # the merge
+    stored = tabs.middleware.store.load(sid)
+    assert stored is not None
+    assert json.loads(stored.text)["cookie"]["secure"] is True, "the merged row records this request's cookie"
+    assert tabs.client.get("/read", extra_environ=https).json == {"b": 2}
+
+
 def test_a_flash_consumed_by_the_request_that_saves_last_does_not_come_back(make_app: MakeApp) -> None:
     def seed(session: Any) -> None:
         session.flash("welcome back")

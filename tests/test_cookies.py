@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import pytest
@@ -120,3 +122,25 @@ def test_secrets_never_appear_in_reprs() -> None:
     middleware = SessionMiddleware(lambda e, s: [], secret=NEW_SECRET, url="sqlite://", cleanup_interval=0)
     assert NEW_SECRET not in repr(middleware)
     middleware.close()
+
+
+def test_a_lifetime_cookie_expires_max_age_ahead_in_http_date_format() -> None:
+    # Max-Age wins where both are understood; clients that know only Expires need it right.
+    cookie = make_cookie("connect.sid", (NEW_SECRET.encode(),))
+    before = time.time()
+    _, value = cookie.set_header(generate_sid(), 3600, secure=False)
+    attributes = dict(part.strip().split("=", 1) for part in value.split(";")[1:] if "=" in part)
+    assert attributes["Max-Age"] == "3600"
+    assert attributes["expires"].endswith(" GMT")  # RFC 9110's IMF-fixdate
+    expires = parsedate_to_datetime(attributes["expires"]).timestamp()
+    assert before + 3600 - 1 <= expires <= time.time() + 3600 + 1
+
+
+def test_up_to_four_same_named_cookies_are_tried() -> None:
+    # Another app on a parent domain may set its own connect.sid: the request carries both.
+    cookie = make_cookie("connect.sid", (NEW_SECRET.encode(),))
+    sid = generate_sid()
+    foreign = f"connect.sid={encode_value(sign(generate_sid(), OLD_SECRET))}"
+    ours = f"connect.sid={encode_value(sign(sid, NEW_SECRET))}"
+    assert cookie.read("; ".join([foreign] * 3 + [ours])) == sid
+    assert cookie.read("; ".join([foreign] * 4 + [ours])) is None  # no more HMACs than that

@@ -106,6 +106,23 @@ def test_every_response_that_accessed_the_session_varies_on_cookie_and_no_other(
     assert "cookie" not in vary_tokens(webtest.TestApp(app.app).get("/none"))  # nor without a cookie
 
 
+def test_every_header_of_the_app_is_kept_around_the_ones_the_session_changes() -> None:
+    from wsgi_dbsession.middleware import cache_headers
+
+    headers = [
+        ("Vary", "Accept-Encoding"),
+        ("X-After-Vary", "1"),
+        ("Cache-Control", "max-age=60"),
+        ("X-Last", "2"),
+    ]
+    assert cache_headers(headers, set_cookie=True) == [
+        ("Vary", "Accept-Encoding, Cookie"),
+        ("X-After-Vary", "1"),
+        ("Cache-Control", "max-age=60, private"),
+        ("X-Last", "2"),
+    ]
+
+
 @pytest.mark.parametrize("backend", ["sqlite"])
 @pytest.mark.parametrize(
     ("app_says", "sent"),
@@ -160,6 +177,21 @@ def test_a_change_made_while_a_streamed_body_is_produced_is_saved(backend: str, 
     assert streamed.body == b"counting...done"
     assert not streamed.headers.getall("Set-Cookie")  # the headers went before the change
     assert app.get("/read").json == {"count": 2}
+
+
+def test_a_change_saved_as_the_body_streams_over_https_keeps_the_secure_flag(
+    backend: str, make_app: MakeApp
+) -> None:
+    app, middleware = make_app(streaming_app)
+    https = {"wsgi.url_scheme": "https"}
+    assert app.get("/write", extra_environ=https).json == 1
+    sid = middleware.manager.cookie.read(f"connect.sid={app.cookies['connect.sid']}")
+    assert sid is not None
+    assert app.get("/stream", extra_environ=https).body == b"counting...done"
+    stored = middleware.store.load(sid)
+    assert stored is not None
+    record = json.loads(stored.text)
+    assert record["count"] == 2 and record["cookie"].get("secure") is True
 
 
 # -- 3. lifetimes ---------------------------------------------------------------------
@@ -485,8 +517,9 @@ def test_the_pyramid_extra_installs_the_server_the_example_ini_files_use() -> No
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_a_non_string_key_at_the_top_is_refused(backend: str, make_app: MakeApp) -> None:
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        with pytest.raises(SerializationError):
+        with pytest.raises(SerializationError) as refused:
             environ["dbsession"][1] = "x"
+        assert refused.value.key == "1"  # the key's repr
         start_response("204 No Content", [])
         return []
 

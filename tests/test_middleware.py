@@ -166,6 +166,8 @@ def test_unserializable_value_is_a_500_naming_the_key_and_the_stored_session_is_
     assert set_cookies(response) == []
     assert "session['when']" in caplog.text
     assert "object" in caplog.text
+    logged = [record.exc_info[1] for record in caplog.records if record.exc_info]
+    assert "when" in [getattr(error, "key", None) for error in logged], "SerializationError.key names it"
     assert middleware.store.load(sid) == before
 
 
@@ -290,3 +292,105 @@ def test_a_failed_save_sticks_even_when_the_app_retries_with_a_session_that_woul
     assert started == ["500 Internal Server Error"], "one answer, the error"
     assert body == b"The session could not be saved.\n"
     assert middleware.store.load(sid) == before, "the retried save did not write"
+
+
+def test_the_error_page_of_a_failed_save_is_complete_and_never_cached(make_app: MakeApp) -> None:
+    _, middleware = make_app(session_app, max_size=100)
+    environ: dict[str, Any] = {"PATH_INFO": "/set", "QUERY_STRING": f"key=note&value=%22{'x' * 500}%22"}
+    setup_testing_defaults(environ)
+    started: list[tuple[str, list[tuple[str, str]]]] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], _exc_info: Any = None) -> Any:
+        started.append((status, headers))
+        return lambda _data: None
+
+    body = b"".join(middleware(environ, start_response))
+    assert body == b"The session could not be saved.\n"
+    # Exactly these headers, as the server gets them (a test client would add a length).
+    assert started == [
+        (
+            "500 Internal Server Error",
+            [
+                ("Content-Type", "text/plain; charset=utf-8"),
+                ("Content-Length", str(len(body))),
+                ("Cache-Control", "no-store"),
+            ],
+        )
+    ]
+
+
+@pytest.mark.parametrize("items", [[b"streamed", b" body"], [], None], ids=["items", "empty", "failing"])
+def test_a_streamed_body_is_closed_however_its_first_item_ends(
+    make_app: MakeApp, items: list[bytes] | None
+) -> None:
+    # WSGI: the server closes what the app returned, and the middleware passes that on,
+    # also when the body it pulled early was empty or failed.
+    closed: list[bool] = []
+
+    class Body:
+        def __init__(self, start_response: Any) -> None:
+            self.start_response = start_response
+
+        def __iter__(self) -> Any:
+            self.start_response("200 OK", [("Content-Type", "text/plain")])
+            if items is None:
+                raise RuntimeError("the app failed")
+            yield from items
+
+        def close(self) -> None:
+            closed.append(True)
+
+    client, _ = make_app(lambda _environ, start_response: Body(start_response))
+    if items is None:
+        with pytest.raises(RuntimeError, match="the app failed"):
+            client.get("/")
+    else:
+        assert client.get("/").body == b"".join(items)
+    assert closed == [True]
+
+
+def test_a_session_outage_after_the_response_started_is_passed_to_the_server_with_exc_info(
+    make_app: MakeApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # WSGI: an error answer after start_response was called goes out with exc_info
+    # (the server then re-raises); an error answer before that goes out without it.
+    from wsgi_dbsession.exceptions import StoreUnavailable
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        environ["dbsession"].get("n")  # the first use of the session: the store is down
+        return [b"never"]
+
+    def unreachable(*_args: Any) -> Any:
+        raise StoreUnavailable("the store is down")
+
+    _, middleware = make_app(app)
+    monkeypatch.setattr(middleware.store, "load", unreachable)
+    environ: dict[str, Any] = {"HTTP_COOKIE": f"connect.sid={encode_value(sign(generate_sid(), SECRET))}"}
+    setup_testing_defaults(environ)
+    started: list[tuple[str, Any]] = []
+
+    def start_response(status: str, _headers: Any, exc_info: Any = None) -> Any:
+        started.append((status, exc_info and exc_info[0]))
+        return lambda _data: None
+
+    body = b"".join(middleware(environ, start_response))
+    assert body == b"The session store is unavailable; try again shortly.\n"
+    assert started == [("200 OK", None), ("503 Service Unavailable", StoreUnavailable)]
+
+    started.clear()
+    middleware.app = session_app  # the outage is found before the app answers
+    b"".join(middleware(dict(environ), start_response))
+    assert started == [("503 Service Unavailable", None)]
+
+
+def test_a_generator_app_whose_save_fails_gets_the_error_page(make_app: MakeApp) -> None:
+    # The middleware pulls a generator's first item itself, so the failed save in its
+    # start_response becomes the error page, not an exception in the server's loop.
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        environ["dbsession"]["note"] = "x" * 500  # more than max_size
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        yield b"saved!"
+
+    client, _ = make_app(app, max_size=100)
+    assert client.get("/", status=500).body == b"The session could not be saved.\n"

@@ -9,8 +9,8 @@
 # untracked, not ignored, files; --head: the last commit; --source: a copy of
 # the project elsewhere), with mutation/setup.cfg as its setup.cfg, so
 # mutmut's mutants/ directory never lands in the checkout. mutmut mutates
-# session.py, cookies.py, middleware.py, store.py and the prune module, and
-# runs against each mutant the tests of the fast files (see mutation/setup.cfg)
+# the modules listed in mutation/setup.cfg (session.py, cookies.py,
+# manager.py, middleware.py), and runs against each mutant the tests of the fast files (see mutation/setup.cfg)
 # that call the mutated function, on SQLite and PostgreSQL (--all-backends:
 # MariaDB too, half as long again; meant for re-checking survivors, by name).
 # The PostgreSQL and MariaDB of conftest.py must be reachable. Needs mutmut 3
