@@ -10,6 +10,7 @@ express-session with the same secret reads the same cookie.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import logging
@@ -192,10 +193,13 @@ class SessionCookie:
 
     def set_header(self, sid: str, max_age: int | None, *, secure: bool) -> tuple[str, str]:
         """A ``Set-Cookie`` header giving the browser this session id (``max_age`` None: until it closes)."""
-        start = f"{self.name}={encode_value(sign(sid, self.secrets[0]))}{self._before_expiry}"
+        signed = sign(sid, self.secrets[0])
+        # An id of the accepted alphabet escapes to three sequences only: no general encoder needed.
+        value = _encode_signed(signed) if is_valid_sid(sid) else encode_value(signed)
+        start = f"{self.name}={value}{self._before_expiry}"
         if max_age is None:
             return ("Set-Cookie", f"{start}{self._tails[secure]}")
-        expires = formatdate(time.time() + max_age, usegmt=True)
+        expires = _http_date(int(time.time()) + max_age)
         return ("Set-Cookie", f"{start}; expires={expires}; Max-Age={max_age}{self._tails[secure]}")
 
     def expire_header(self, *, secure: bool) -> tuple[str, str]:
@@ -204,6 +208,17 @@ class SessionCookie:
             "Set-Cookie",
             f"{self.name}={self._before_expiry}; expires={_EPOCH}; Max-Age=0{self._tails[secure]}",
         )
+
+
+def _encode_signed(signed: str) -> str:
+    """``encodeURIComponent`` of ``s:<id>.<base64 signature>`` for an id of ``[A-Za-z0-9_-]``."""
+    return signed.replace(":", "%3A").replace("+", "%2B").replace("/", "%2F")
+
+
+@functools.lru_cache(maxsize=8)
+def _http_date(seconds: int) -> str:
+    # Every cookie set within one second expires at the same second: format it once.
+    return formatdate(seconds, usegmt=True)
 
 
 def _decode_uri_component(value: str) -> str | None:
