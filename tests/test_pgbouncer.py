@@ -75,25 +75,39 @@ def pgbouncer() -> None:
 def count_through(
     url: str, workdir: Path, *, workers: int, threads: int, clients: int, requests: int
 ) -> None:
-    """``clients`` clients with their own sessions count to ``requests`` through gunicorn on ``url``."""
+    """``clients`` clients with their own sessions count to ``requests`` through gunicorn on ``url``.
+
+    ``workers`` gunicorn servers of one worker each, and every client sends its
+    requests to them in turn (a load balancer's round robin): each process
+    serves for certain, where workers sharing one socket leave it to the
+    kernel which one accepts.
+    """
     direct = SessionStore(url=POSTGRES_URL, table_name=unique_table_name("pooled"), create_table=False)
     app_log = workdir / "app.log"
-    server = start_gunicorn(
-        "tests.servers.topology_app:app",
-        {"TOPOLOGY_APP_URL": url, "TOPOLOGY_APP_TABLE": direct.table.name, "TOPOLOGY_APP_LOG": str(app_log)},
-        workdir / "gunicorn.log",
-        workers=workers,
-        threads=threads,
-    )
+    servers = [
+        start_gunicorn(
+            "tests.servers.topology_app:app",
+            {
+                "TOPOLOGY_APP_URL": url,
+                "TOPOLOGY_APP_TABLE": direct.table.name,
+                "TOPOLOGY_APP_LOG": str(app_log),
+            },
+            workdir / f"gunicorn-{number}.log",
+            workers=1,
+            threads=threads,
+        )
+        for number in range(workers)
+    ]
     try:
-        counters = [Client([server.port], "/count", requests, "count") for _ in range(clients)]
+        ports = [server.port for server in servers]
+        counters = [Client(ports, "/count", requests, "count") for _ in range(clients)]
         elapsed = run_clients(counters)
     finally:
-        exit_code = server.stop()
+        exit_codes = [server.stop() for server in servers]
     try:
         errors = [error for counter in counters for error in counter.errors]
         print(f"{clients * requests} requests in {elapsed:.1f} s, {len(errors)} errors")
-        log = server.log_text()
+        log = "".join(server.log_text() for server in servers)
         assert not errors, (
             f"{len(errors)} of {clients * requests} requests failed: {error_summary(errors)};"
             f" logged: {exceptions_logged(log + (app_log.read_text() if app_log.exists() else ''))}"
@@ -105,7 +119,7 @@ def count_through(
             assert stored is not None and stored["count"] == requests, stored
         assert direct.count() == clients, "one session per client, no strays"
         assert len(set().union(*(counter.pids for counter in counters))) == workers, "every worker served"
-        assert exit_code == 0, log
+        assert exit_codes == [0] * workers, log
         assert not server_errors(log), log[-3000:]
     finally:
         drop_table(direct.engine, direct.table)
