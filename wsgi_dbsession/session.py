@@ -385,14 +385,16 @@ class Session(MutableMapping[str, Any]):
         updated = {k: v for k, v in self._data.items() if k not in base or dumps(v) != dumps(base[k])}
         removed = [k for k in base if k not in self._data]
         merged: dict[str, Any] = {}
+        text = ""
 
         def rewrite(current: str) -> tuple[str, dt.datetime]:
-            nonlocal merged
+            nonlocal merged, text
             merged = express.strip_reserved(serializer.loads(current))
             merged.update(updated)
             for key in removed:
                 merged.pop(key, None)
-            return self._serialize(merged, now, secure)[0], expires
+            text = self._serialize(merged, now, secure)[0]
+            return text, expires
 
         store = self._factory.store
         saved: bool | None = None
@@ -411,7 +413,7 @@ class Session(MutableMapping[str, Any]):
             log.info("a session was deleted by another request while this one changed it")
             return False
         self._data = merged
-        self._mark_saved(row.sid, self._serialize(merged, now, secure)[0], expires)
+        self._mark_saved(row.sid, text, expires)
         return True
 
     def _mark_saved(self, sid: str, text: str, expires: dt.datetime) -> None:
