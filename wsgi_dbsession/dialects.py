@@ -19,6 +19,8 @@ import functools
 import hashlib
 import os
 import re
+import sqlite3
+import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -673,8 +675,21 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # process crash (only an OS crash can lose the last ones) without an
     # fsync per commit. Pass your own engine to choose FULL.
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=5000")
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError:
+            # Switching a new file to WAL needs it alone, and SQLite answers
+            # "locked" at once, without its busy handler, while other
+            # processes open it too. WAL is kept in the file: done once any did.
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                break
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
 
