@@ -38,7 +38,7 @@ from flask.cli import AppGroup
 from flask.sessions import SessionInterface, SessionMixin
 
 from .cli import run_command
-from .cookies import MIN_SECRET_LENGTH
+from .cookies import MIN_SECRET_LENGTH, parse_secrets
 from .exceptions import ConfigurationError, SessionError, StoreUnavailable
 from .manager import SessionManager
 from .middleware import cache_headers
@@ -154,35 +154,35 @@ def _config_message(message: str, keys: dict[str, str]) -> str:
 
 
 def _secrets_from_flask(config: Any) -> list[str]:
-    """``[SECRET_KEY, *SECRET_KEY_FALLBACKS]``: the first signs, every one verifies."""
+    """``[SECRET_KEY, *SECRET_KEY_FALLBACKS]``: the first signs, every one verifies.
+
+    Flask allows bytes keys: they are decoded here. The secrets' own check is
+    :func:`~wsgi_dbsession.cookies.parse_secrets`', its message naming the key.
+    """
     if not config.get("SECRET_KEY"):
         raise ConfigurationError(
             "set SECRET_KEY (or DBSESSION_SECRET): wsgi_dbsession signs the session cookie with it"
         )
-    named = [("SECRET_KEY", config["SECRET_KEY"])]
     fallbacks = config.get("SECRET_KEY_FALLBACKS") or []
-    named += [(f"SECRET_KEY_FALLBACKS[{index}]", key) for index, key in enumerate(fallbacks)]
+    names = ["SECRET_KEY", *(f"SECRET_KEY_FALLBACKS[{index}]" for index in range(len(fallbacks)))]
     secrets = []
-    for name, value in named:
-        key = value
-        if isinstance(key, bytes):
+    for name, given in zip(names, [config["SECRET_KEY"], *fallbacks], strict=True):
+        key = given
+        if isinstance(given, bytes):
             try:
-                key = key.decode("utf-8")
+                key = given.decode("utf-8")
             except UnicodeDecodeError:
                 raise ConfigurationError(
                     f"{name} is bytes that are not UTF-8 text; wsgi_dbsession signs its cookie with "
                     "text secrets (as express-session does): set DBSESSION_SECRET to a string of at "
                     f"least {MIN_SECRET_LENGTH} random characters"
                 ) from None
-        if not isinstance(key, str):
-            raise ConfigurationError(f"{name} is a {type(key).__name__}; expected text")
-        if len(key) < MIN_SECRET_LENGTH:
-            raise ConfigurationError(
-                f"{name} has {len(key)} characters; wsgi_dbsession signs the session cookie with it "
-                f"and needs at least {MIN_SECRET_LENGTH}: make it longer (python -c 'import secrets; "
-                "print(secrets.token_hex())' prints 64) or give the session its own DBSESSION_SECRET"
-            )
         secrets.append(key)
+    try:
+        parse_secrets(secrets)
+    except ConfigurationError as exc:
+        message = re.sub(r"secret #(\d+)", lambda found: names[int(found[1])], str(exc))
+        raise ConfigurationError(f"{message}, or give the session its own DBSESSION_SECRET") from None
     return secrets
 
 
