@@ -24,7 +24,7 @@ from tests.topology import (
     server_errors,
     session_cookie,
     sid_of,
-    start_gunicorn,
+    start_topology_apps,
 )
 from wsgi_dbsession import SessionStore
 
@@ -42,23 +42,7 @@ def test_twenty_writers_on_one_session_lose_nothing(
     store = SessionStore(url=url, table_name=unique_table_name("contention"))
     store.create_table()
     app_log = tmp_path / "app.log"
-    # One gunicorn process per server and a round robin over them: both
-    # processes write for certain (workers sharing one socket leave it to the
-    # kernel which one accepts, and under load one can take every connection).
-    servers = [
-        start_gunicorn(
-            "tests.servers.topology_app:app",
-            {
-                "TOPOLOGY_APP_URL": url,
-                "TOPOLOGY_APP_TABLE": store.table.name,
-                "TOPOLOGY_APP_LOG": str(app_log),
-            },
-            tmp_path / f"gunicorn-{number}.log",
-            workers=1,
-            threads=THREADS,
-        )
-        for number in range(WORKERS)
-    ]
+    servers = start_topology_apps(url, store.table.name, tmp_path, count=WORKERS, threads=THREADS)
     try:
         ports = [server.port for server in servers]
         first = get(ports[0], "/key/seed")

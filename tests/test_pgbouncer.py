@@ -53,6 +53,7 @@ from tests.topology import (
     server_errors,
     sid_of,
     start_gunicorn,
+    start_topology_apps,
 )
 from wsgi_dbsession import SessionStore, generate_sid, sign
 from wsgi_dbsession.cookies import encode_value
@@ -75,29 +76,10 @@ def pgbouncer() -> None:
 def count_through(
     url: str, workdir: Path, *, workers: int, threads: int, clients: int, requests: int
 ) -> None:
-    """``clients`` clients with their own sessions count to ``requests`` through gunicorn on ``url``.
-
-    ``workers`` gunicorn servers of one worker each, and every client sends its
-    requests to them in turn (a load balancer's round robin): each process
-    serves for certain, where workers sharing one socket leave it to the
-    kernel which one accepts.
-    """
+    """``clients`` clients with their own sessions count to ``requests`` through ``workers`` processes."""
     direct = SessionStore(url=POSTGRES_URL, table_name=unique_table_name("pooled"), create_table=False)
     app_log = workdir / "app.log"
-    servers = [
-        start_gunicorn(
-            "tests.servers.topology_app:app",
-            {
-                "TOPOLOGY_APP_URL": url,
-                "TOPOLOGY_APP_TABLE": direct.table.name,
-                "TOPOLOGY_APP_LOG": str(app_log),
-            },
-            workdir / f"gunicorn-{number}.log",
-            workers=1,
-            threads=threads,
-        )
-        for number in range(workers)
-    ]
+    servers = start_topology_apps(url, direct.table.name, workdir, count=workers, threads=threads)
     try:
         ports = [server.port for server in servers]
         counters = [Client(ports, "/count", requests, "count") for _ in range(clients)]

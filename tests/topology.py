@@ -203,6 +203,27 @@ class Server:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
+def start_topology_apps(url: str, table: str, workdir: Path, *, count: int, threads: int) -> list[Server]:
+    """``count`` gunicorn servers of one worker each serving tests/servers/topology_app.py on ``table``.
+
+    Clients send to them in turn (a load balancer's round robin), so every
+    process serves for certain: workers sharing one socket leave it to the
+    kernel which one accepts, and under load one can take every connection.
+    Every app process appends its log to ``workdir / "app.log"``.
+    """
+    env = {"TOPOLOGY_APP_URL": url, "TOPOLOGY_APP_TABLE": table, "TOPOLOGY_APP_LOG": str(workdir / "app.log")}
+    return [
+        start_gunicorn(
+            "tests.servers.topology_app:app",
+            env,
+            workdir / f"gunicorn-{number}.log",
+            workers=1,
+            threads=threads,
+        )
+        for number in range(count)
+    ]
+
+
 def start_gunicorn(
     app: str,
     env: Mapping[str, str],
