@@ -1,23 +1,25 @@
 #!/usr/bin/env bash
-# Mutation testing of the request path and the prune job (mutmut 3), on demand; not in CI.
+# Mutation testing of the request path, the store and the prune job (mutmut 3), on demand; not in CI.
 #
 #   tools/mutate.sh [--head | --source DIR] [--all-backends] [--jobs N] [--report FILE] [--keep]
 #                   [MUTANT_OR_GLOB ...]
-#   tools/mutate.sh --report-only SCRATCH_DIR [--report FILE]
+#   tools/mutate.sh --report-only SCRATCH_DIR [--report FILE] [MUTANT_OR_GLOB ...]
 #
 # Runs in a scratch copy of the project (the working tree's tracked and
 # untracked, not ignored, files; --head: the last commit; --source: a copy of
 # the project elsewhere), with mutation/setup.cfg as its setup.cfg, so
 # mutmut's mutants/ directory never lands in the checkout. mutmut mutates
-# the modules listed in mutation/setup.cfg (session.py, cookies.py,
-# manager.py, middleware.py), and runs against each mutant the tests of the fast files (see mutation/setup.cfg)
-# that call the mutated function, on SQLite and PostgreSQL (--all-backends:
+# the modules listed in mutation/setup.cfg (session.py, cookies.py, manager.py,
+# middleware.py, store.py, prune.py; or the mutants named, e.g.
+# 'wsgi_dbsession.store*'), and runs against each mutant the tests of the fast
+# files (see mutation/setup.cfg) that call the mutated function, on SQLite and PostgreSQL (--all-backends:
 # MariaDB too, half as long again; meant for re-checking survivors, by name).
 # The PostgreSQL and MariaDB of conftest.py must be reachable. Needs mutmut 3
 # in .venv: .venv/bin/pip install 'mutmut>=3,<4'.
 #
 # Prints the score, and writes it with every surviving mutant's diff to --report
-# FILE (default: $TMPDIR/wsgi-dbsession-mutation.txt). --keep keeps the scratch
+# FILE (default: $TMPDIR/wsgi-dbsession-mutation.txt); given MUTANT_OR_GLOBs, the
+# score and the report count only the mutants they name. --keep keeps the scratch
 # copy (then `cd` there and `mutmut browse`, or --report-only it again).
 # MUTATE_TIMEOUT (seconds, default 5400) bounds the run; it runs under `nice`,
 # with --jobs (default 2) test processes at a time.
@@ -26,7 +28,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 mutmut=${MUTMUT:-$root/.venv/bin/mutmut}
 
-usage() { sed -n '2,23p' "$0"; }
+usage() { sed -n '2,25p' "$0"; }
 
 copy_project() {  # copy_project WORK: the sources to mutate, and the mutmut configuration
     local work=$1
@@ -51,12 +53,25 @@ copy_project() {  # copy_project WORK: the sources to mutate, and the mutmut con
     fi
 }
 
+only_named() {  # the lines of `mutmut results` whose mutant matches one of $names (all without names)
+    local line name pattern
+    while IFS= read -r line; do
+        name=${line%%: *}
+        name=${name#"${name%%[![:space:]]*}"}
+        if [ ${#names[@]} = 0 ]; then printf '%s\n' "$line"; continue; fi
+        for pattern in "${names[@]}"; do
+            # shellcheck disable=SC2053  # $pattern is a glob, as mutmut reads it
+            if [[ $name == $pattern ]]; then printf '%s\n' "$line"; break; fi
+        done
+    done
+}
+
 write_report() {  # write_report WORK HEADER: the score and the survivors' diffs, into $report
     local work=$1 header=$2 name
     cd "$work"
     {
         echo "$header"
-        "$mutmut" results --all true | awk '
+        "$mutmut" results --all true | only_named | awk '
             /: / { n = split($0, parts, ": "); status = parts[n]; count[status]++; total++ }
             END {
                 killed = count["killed"] + count["timeout"] + count["caught by type check"]
@@ -66,7 +81,7 @@ write_report() {  # write_report WORK HEADER: the score and the survivors' diffs
                     killed, checked, checked ? 100 * killed / checked : 0, total
             }'
         echo
-        "$mutmut" results | awk -F': ' '/: (survived|no tests)$/ { gsub(/^ +/, "", $1); print $1 }' |
+        "$mutmut" results | only_named | awk -F': ' '/: (survived|no tests)$/ { gsub(/^ +/, "", $1); print $1 }' |
             while IFS= read -r name; do
                 echo "== $name"
                 "$mutmut" show "$name" | sed -n '/^@@/,$p'
@@ -78,7 +93,8 @@ write_report() {  # write_report WORK HEADER: the score and the survivors' diffs
 }
 
 main() {
-    local jobs=2 keep=0 names=() work status started elapsed report_only=
+    local jobs=2 keep=0 work status started elapsed report_only=
+    names=()
     head=0 all_backends=0 source= label=
     report=${TMPDIR:-/tmp}/wsgi-dbsession-mutation.txt
     while [ $# -gt 0 ]; do
@@ -116,7 +132,8 @@ main() {
         nice -n 10 "$mutmut" run --max-children "$jobs" ${names[@]+"${names[@]}"} || status=$?
     elapsed=$(( $(date +%s) - started ))
     write_report "$work" "mutmut run of $label, $([ "$all_backends" = 1 ] && echo 'every backend' || echo 'SQLite and PostgreSQL'),
-on $(date -u +%Y-%m-%dT%H:%MZ): ${elapsed} s, ${jobs} jobs, exit ${status}"
+on $(date -u +%Y-%m-%dT%H:%MZ): ${elapsed} s, ${jobs} jobs, exit ${status}${names[0]+
+mutants: ${names[*]}}"
     exit "$status"
 }
 
