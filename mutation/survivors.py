@@ -1,6 +1,6 @@
 """Explain the survivors of a mutmut run (tools/mutate.sh's report), for docs/reliability.md.
 
-    .venv/bin/python mutation/survivors.py REPORT [--docs docs/reliability.md]
+    .venv/bin/python mutation/survivors.py [PART=]REPORT ... [--docs docs/reliability.md]
 
 Each surviving mutant (and each one no selected test calls) gets the reason
 of the first rule below that matches it: either it is equivalent (nothing a
@@ -9,7 +9,13 @@ the mutation run (named in the rule). A survivor no rule explains is listed
 as unexplained and the exit status is 1: add a test that kills it, or a rule
 that says why it cannot be killed. ``--docs`` rewrites the part of the page
 between the ``<!-- mutation-survivors -->`` markers with the score and every
-survivor, grouped by reason.
+survivor, grouped by reason; a report given as ``PART=REPORT`` goes between
+``<!-- mutation-survivors PART -->`` and ``<!-- /mutation-survivors PART -->``
+instead (one part per run: the request path, the store and prune job), and
+the parts not given stay as they are. Several reports of one PART are merged:
+the later ones are re-checks of some of the first one's mutants, by name
+(timeouts of a paused run), and their verdicts win; the score is counted
+again from the list of statuses at the end of each report.
 """
 
 # ruff: noqa: E501  # the reasons name tests, whose names are long
@@ -193,16 +199,18 @@ RULES: list[Rule] = [
         removed=r"_mark_saved\(|StoredRow\(|self\._changed = False",
     ),
     Rule(
-        "Not killed (missing test): after a save, the snapshots are taken of `null`, so the save when "
-        "the body closes writes the unchanged data once more. Only a count of the statements of such "
-        "a request would see it; the data stored stays right.",
+        ADDED_SESSION
+        + "`tests/test_save_edges.py::test_a_change_in_place_is_written_once_not_again_when_the_body_closes` "
+        "counts the statements: with the snapshots taken of `null`, the save when the body closes "
+        "wrote the unchanged data once more.",
         function=r"^session\.Session\._mark_saved$",
         added=r"_dumps\(None\)",
     ),
     Rule(
-        "Not killed (missing test): a session of exactly `max_size` bytes is refused. A test needs a "
-        "session whose serialized size is known to the byte, and the stored `_created` and expiry "
-        "change length with the clock.",
+        ADDED_SESSION
+        + "`tests/test_save_edges.py::test_a_session_of_exactly_max_size_bytes_is_saved_and_one_byte_more_is_refused` "
+        "(the size of a loaded session is known to the byte: its `_created` is kept as stored, and "
+        "the expiry's ISO date has a fixed length).",
         function=r"^session\.Session\._serialize$",
         added=r"size >= limit",
     ),
@@ -275,9 +283,8 @@ RULES: list[Rule] = [
         removed=r"self\._row = replace\(row, expires=expires\)",
     ),
     Rule(
-        "Not killed (low value): the package always passes `secure`; the default is used only when "
-        "an app calls `save()` itself, and decides only the `secure` field of the stored cookie "
-        "object until the middleware's next write.",
+        ADDED_SESSION
+        + "`tests/test_save_edges.py::test_an_app_s_own_save_over_http_records_a_cookie_without_the_secure_flag`.",
         function=r"^session\.Session\.save$",
         removed=r"secure: bool = False",
     ),
@@ -300,8 +307,9 @@ RULES: list[Rule] = [
         added=r"streaming = cycle\.called|self\.called = True",
     ),
     Rule(
-        "Not killed (log detail): the traceback of the app's own error, logged when an outage of "
-        "the store explains it, is left out of the log line; the answer is the same.",
+        ADDED_SESSION
+        + "`tests/test_save_edges.py::test_the_app_error_an_outage_explains_is_logged_with_its_traceback` "
+        "(the answer is the outage's 503, so the log line is the only place the app's traceback shows).",
         function=r"^middleware\.SessionMiddleware\.__call__$",
         removed=r"exc_info=True",
     ),
@@ -312,9 +320,8 @@ RULES: list[Rule] = [
         removed=r"if not session\.loaded and isinstance\(app_iter, \(list, tuple\)\):",
     ),
     Rule(
-        "Not killed (missing test): when the app swallowed a failed save and still returned a body, "
-        "that body is not closed before the error page goes out. No test returns a closable body "
-        "on that path; a follow-up.",
+        ADDED_SESSION
+        + "`tests/test_save_edges.py::test_a_body_returned_after_a_swallowed_failed_save_is_closed_before_the_error_page`.",
         function=r"^middleware\.SessionMiddleware\.__call__$",
         added=r"_close\(None\)",
     ),
@@ -407,6 +414,82 @@ RULES: list[Rule] = [
 ]
 
 
+STATUSES = "## statuses"  # the report's last part: every mutant of the run and its status
+KILLED = ("killed", "timeout", "caught by type check")
+SURVIVING = ("survived", "no tests")
+
+
+@dataclass
+class Report:
+    """One report of tools/mutate.sh: its header, every mutant's status, the survivors' diffs."""
+
+    header: list[str]  # the run's lines (what, when, how long), without the counts
+    counts: dict[str, int]  # the counts of the header (from mutmut's statuses)
+    statuses: dict[str, str] | None  # mutant name to status; None in a report older than the list
+    blocks: dict[str, str]  # survivor name to its block (the name line and the diff)
+
+    @classmethod
+    def read(cls, text: str) -> Report:
+        text, _, statuses = text.partition(f"\n{STATUSES}\n")
+        head = text.split("\n\n", 1)[0].splitlines()
+        counts = {}
+        header = []
+        for line in head:
+            count = re.fullmatch(r"  (\S.*?)\s+(\d+)", line)
+            if count:
+                counts[count[1]] = int(count[2])
+            elif not line.startswith("score: "):
+                header.append(line)
+        blocks = {}
+        for block in re.split(r"^== ", text, flags=re.MULTILINE)[1:]:
+            blocks[block.splitlines()[0].strip()] = block
+        found = None
+        if statuses:
+            found = {}
+            for line in statuses.splitlines():
+                name, _, status = line.strip().rpartition(": ")
+                if name:
+                    found[name] = status
+        return cls(header, counts, found, blocks)
+
+    def merged(self, later: Report) -> Report:
+        """This run with ``later`` (a re-check of some of its mutants, by name) on top: its verdicts win."""
+        if self.statuses is None or later.statuses is None:
+            raise ValueError("reports without their list of statuses (## statuses) cannot be merged")
+        statuses = {**self.statuses, **later.statuses}
+        counts: dict[str, int] = defaultdict(int)
+        for status in statuses.values():
+            counts[status] += 1
+        blocks = {
+            name: block
+            for name, block in {**self.blocks, **later.blocks}.items()
+            if statuses.get(name) in SURVIVING
+        }
+        header = [
+            *self.header,
+            *(f"re-checked: {line}" if i == 0 else line for i, line in enumerate(later.header)),
+        ]
+        return Report(header, dict(counts), statuses, blocks)
+
+    def summary(self) -> str:
+        """The header as tools/mutate.sh prints it: the run, each count, the score."""
+        counts = self.counts
+        total = sum(counts.values())
+        killed = sum(counts.get(status, 0) for status in KILLED)
+        checked = total - counts.get("not checked", 0) - counts.get("skipped", 0)
+        score = 100 * killed / checked if checked else 0
+        return "\n".join(
+            [
+                *self.header,
+                *(f"  {status:<22} {count}" for status, count in counts.items()),
+                f"score: {killed} killed of {checked} checked ({score:.1f}%); {total} mutants in all",
+            ]
+        )
+
+    def mutants(self) -> list[Mutant]:
+        return parse("".join(f"== {block.rstrip()}\n" for block in self.blocks.values()))
+
+
 def parse(report: str) -> list[Mutant]:
     mutants = []
     for block in re.split(r"^== ", report, flags=re.MULTILINE)[1:]:
@@ -441,33 +524,60 @@ def markdown(header: str, explained: dict[str, list[Mutant]], unexplained: list[
     return "\n".join(out)
 
 
+def markers(part: str) -> tuple[str, str]:
+    """The markers around a part of the page: the unnamed pair, or ``<!-- mutation-survivors PART -->``."""
+    if not part:
+        return START, END
+    return f"<!-- mutation-survivors {part} -->", f"<!-- /mutation-survivors {part} -->"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("report", type=Path)
-    parser.add_argument("--docs", type=Path, help="rewrite the survivors part of this page")
-    args = parser.parse_args()
-    text = args.report.read_text()
-    header = text.split("\n\n", 1)[0]
-    explained, unexplained = explain(parse(text))
-    page = markdown("```\n" + header + "\n```", explained, unexplained)
-    if args.docs:
-        doc = args.docs.read_text()
-        if START not in doc or END not in doc:
-            print(f"{args.docs} has no {START} … {END} part", file=sys.stderr)
-            return 2
-        before, rest = doc.split(START, 1)
-        args.docs.write_text(f"{before}{START}\n{page}\n{END}{rest.split(END, 1)[1]}")
-    else:
-        print(page)
-    for mutant in unexplained:
-        print(f"unexplained: {mutant.name}: {mutant.change}", file=sys.stderr)
-    print(
-        f"{sum(map(len, explained.values()))} survivors explained, {len(unexplained)} unexplained",
-        file=sys.stderr,
+    parser.add_argument(
+        "reports",
+        nargs="+",
+        metavar="[PART=]REPORT",
+        help="a report of tools/mutate.sh; PART names the markers it goes between; "
+        "reports of the same PART are merged, the later ones re-checks of the first",
     )
-    return 1 if unexplained else 0
+    parser.add_argument("--docs", type=Path, help="rewrite the survivors part(s) of this page")
+    args = parser.parse_args()
+    parts: dict[str, Report] = {}
+    for argument in args.reports:
+        part, _, path = argument.rpartition("=") if "=" in argument else ("", "", argument)
+        report = Report.read(Path(path).read_text())
+        try:
+            parts[part] = parts[part].merged(report) if part in parts else report
+        except ValueError as exc:
+            print(f"{argument}: {exc}", file=sys.stderr)
+            return 2
+    doc = args.docs.read_text() if args.docs else ""
+    failed = 0
+    for part, report in parts.items():
+        explained, unexplained = explain(report.mutants())
+        page = markdown("```\n" + report.summary() + "\n```", explained, unexplained)
+        if args.docs:
+            start, end = markers(part)
+            if start not in doc or end not in doc:
+                print(f"{args.docs} has no {start} … {end} part", file=sys.stderr)
+                return 2
+            before, rest = doc.split(start, 1)
+            doc = f"{before}{start}\n{page}\n{end}{rest.split(end, 1)[1]}"
+        else:
+            print(page)
+        label = f"{part}: " if part else ""
+        for mutant in unexplained:
+            print(f"{label}unexplained: {mutant.name}: {mutant.change}", file=sys.stderr)
+        print(
+            f"{label}{sum(map(len, explained.values()))} survivors explained, {len(unexplained)} unexplained",
+            file=sys.stderr,
+        )
+        failed = failed or bool(unexplained)
+    if args.docs:
+        args.docs.write_text(doc)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -17,9 +17,10 @@
 # The PostgreSQL and MariaDB of conftest.py must be reachable. Needs mutmut 3
 # in .venv: .venv/bin/pip install 'mutmut>=3,<4'.
 #
-# Prints the score, and writes it with every surviving mutant's diff to --report
-# FILE (default: $TMPDIR/wsgi-dbsession-mutation.txt); given MUTANT_OR_GLOBs, the
-# score and the report count only the mutants they name. --keep keeps the scratch
+# Prints the score, and writes it with every surviving mutant's diff (and, last,
+# every mutant's status) to --report FILE (default:
+# $TMPDIR/wsgi-dbsession-mutation.txt); given MUTANT_OR_GLOBs, the score and the
+# report count only the mutants they name. --keep keeps the scratch
 # copy (then `cd` there and `mutmut browse`, or --report-only it again).
 # MUTATE_TIMEOUT (seconds, default 5400) bounds the run; it runs under `nice`,
 # with --jobs (default 2) test processes at a time.
@@ -28,7 +29,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 mutmut=${MUTMUT:-$root/.venv/bin/mutmut}
 
-usage() { sed -n '2,25p' "$0"; }
+usage() { sed -n '2,26p' "$0"; }
 
 copy_project() {  # copy_project WORK: the sources to mutate, and the mutmut configuration
     local work=$1
@@ -66,12 +67,13 @@ only_named() {  # the lines of `mutmut results` whose mutant matches one of $nam
     done
 }
 
-write_report() {  # write_report WORK HEADER: the score and the survivors' diffs, into $report
-    local work=$1 header=$2 name
+write_report() {  # write_report WORK HEADER: the score, the survivors' diffs and every status, into $report
+    local work=$1 header=$2 name statuses
     cd "$work"
+    statuses=$("$mutmut" results --all true | only_named)
     {
         echo "$header"
-        "$mutmut" results --all true | only_named | awk '
+        printf '%s\n' "$statuses" | awk '
             /: / { n = split($0, parts, ": "); status = parts[n]; count[status]++; total++ }
             END {
                 killed = count["killed"] + count["timeout"] + count["caught by type check"]
@@ -81,11 +83,14 @@ write_report() {  # write_report WORK HEADER: the score and the survivors' diffs
                     killed, checked, checked ? 100 * killed / checked : 0, total
             }'
         echo
-        "$mutmut" results | only_named | awk -F': ' '/: (survived|no tests)$/ { gsub(/^ +/, "", $1); print $1 }' |
+        printf '%s\n' "$statuses" | awk -F': ' '/: (survived|no tests)$/ { gsub(/^ +/, "", $1); print $1 }' |
             while IFS= read -r name; do
                 echo "== $name"
                 "$mutmut" show "$name" | sed -n '/^@@/,$p'
             done
+        # Every mutant's status, for mutation/survivors.py to merge a re-check by name into this run.
+        echo "## statuses"
+        printf '%s\n' "$statuses"
     } > "$report.tmp"
     mv "$report.tmp" "$report"
     sed -n '1,/^$/p' "$report"
