@@ -55,7 +55,10 @@ def is_valid_sid(sid: str) -> bool:
     return _SID_PATTERN.fullmatch(sid) is not None
 
 
+@functools.lru_cache(maxsize=1024)
 def _signature(sid: str, secret: bytes) -> str:
+    # Cached: a session's cookie is verified on each of its requests and signed
+    # again for each response that changes it; HMAC and base64 cost 2-3 µs.
     digest = hmac.digest(secret, sid.encode("ascii"), hashlib.sha256)
     return base64.b64encode(digest).decode("ascii").rstrip("=")
 

@@ -95,7 +95,7 @@ class ExpiryTimestamp(sa.types.TypeDecorator[dt.datetime]):
         if value.tzinfo is None:
             # astimezone() would read it as the process's local time: refuse instead.
             raise ValueError("session expiry times must be timezone-aware datetimes (UTC)")
-        return dialect_for(dialect).bind_expiry(value.astimezone(UTC))
+        return dialect_for(dialect).bind_expiry(value if value.tzinfo is UTC else value.astimezone(UTC))
 
     def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
         if value is None:

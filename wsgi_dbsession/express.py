@@ -34,7 +34,16 @@ def to_iso_z(value: dt.datetime) -> str:
     """JavaScript's ``Date.toISOString()``: UTC, milliseconds, ``Z``."""
     if value.tzinfo is not UTC:
         value = value.astimezone(UTC)
-    return value.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
+    # Formatted by hand: twice as fast as isoformat(), and called on every statement.
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (  # noqa: UP031
+        value.year,
+        value.month,
+        value.day,
+        value.hour,
+        value.minute,
+        value.second,
+        value.microsecond // 1000,
+    )
 
 
 def from_iso(text: str) -> dt.datetime:

@@ -318,7 +318,6 @@ class Session(MutableMapping[str, Any]):
         if self._doomed_sid is not None:
             store.destroy(self._doomed_sid)
             self._doomed_sid = None
-        now = utcnow()
         row = self._row
         if row is None:
             if headers_sent and self._data:
@@ -326,12 +325,12 @@ class Session(MutableMapping[str, Any]):
                     "a session created after the response started was not stored: no cookie could carry it"
                 )
                 return None
-            return self._save_new(now, secure)
+            return self._save_new(utcnow(), secure)
         if self._sid != row.sid:
-            return self._save_renamed(row, now, secure)
+            return self._save_renamed(row, utcnow(), secure)
         if self._changed or self._changed_in_place():
-            return self._save_changed(row, now, secure)
-        if not headers_sent and self._factory.rolling and self._touch_due(row, now):
+            return self._save_changed(row, utcnow(), secure)
+        if not headers_sent and self._factory.rolling and self._touch_due(row, now := utcnow()):
             expires = now + dt.timedelta(seconds=self._record.lifetime())
             if store.touch(row.sid, expires):
                 self._row = replace(row, expires=expires)
@@ -462,6 +461,8 @@ def _check_round_trip(text: str, data: dict[str, Any]) -> None:
     comes back as ``{"1": "a"}``). On writes only; a tuple comes back as a list and is
     accepted (Flask's flash() stores tuples), so only a round trip that differs is walked.
     """
+    if all(isinstance(value, _IMMUTABLE) for value in data.values()):
+        return  # the keys are strings (__setitem__ refuses others): nothing can come back changed
     if express.strip_reserved(JSONSerializer().loads(text)) == data:
         return
     for key, value in data.items():

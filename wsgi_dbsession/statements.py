@@ -79,6 +79,7 @@ class _Compiled:
         # Every value comes from the caller, under its own name: the parameters
         # are built straight from them; anything else goes through construct_params.
         self.direct = all(name in binds and binds[name].required for name in names)
+        self.names = names
         self.order = [(name, processors.get(name)) for name in names]
         columns = getattr(statement, "selected_columns", ())
         self.result_processors = [
@@ -90,11 +91,9 @@ class _Compiled:
     def parameters(self, params: dict[str, Any]) -> Any:
         try:
             if not self.direct:
-                values = self.compiled.construct_params(params)
-                params = values
-            processed = [
-                (name, params[name] if process is None else process(params[name]))
-                for name, process in self.order
+                params = self.compiled.construct_params(params)
+            values = [
+                params[name] if process is None else process(params[name]) for name, process in self.order
             ]
         except KeyError as exc:
             raise sa.exc.StatementError(
@@ -103,8 +102,8 @@ class _Compiled:
         except Exception as exc:  # as Core reports a value its type refuses
             raise sa.exc.StatementError(str(exc), self.sql, None, exc) from exc
         if self.positional:
-            return tuple(value for _, value in processed)
-        return dict(processed)
+            return tuple(values)
+        return dict(zip(self.names, values, strict=True))
 
     def row(self, row: Any) -> tuple[Any, ...] | None:
         if row is None or not self.result_processors:
@@ -178,16 +177,16 @@ class StatementRunner:
 
     def _on_cursor(self, prepared: Prepared, params: dict[str, Any], fetch: bool) -> Any:
         dialect = self.engine.dialect
-        dbapi_error = dialect.loaded_dbapi.Error
         pooled = None
         cursor = None
         sql = None
         try:
             pooled = self.engine.raw_connection()
-            compiled = prepared.compile(dialect)
+            compiled = prepared.compiled or prepared.compile(dialect)
             sql = compiled.sql
             parameters = compiled.parameters(params)
-            self._notify(sql, parameters)
+            if self._observers:
+                self._notify(sql, parameters)
             cursor = _cursor(pooled)
             cursor.execute(sql, parameters)
             if fetch:
@@ -195,10 +194,10 @@ class StatementRunner:
                 result = compiled.row(rows[0] if rows else None)
             else:
                 result = cursor.rowcount
-            if self._needs_commit(pooled.dbapi_connection):
+            if self._commit is not False and self._needs_commit(pooled.dbapi_connection):
                 pooled.commit()
             return result
-        except dbapi_error as exc:
+        except dialect.loaded_dbapi.Error as exc:
             invalidated = pooled is not None and dialect.is_disconnect(exc, pooled.dbapi_connection, cursor)
             if invalidated:
                 assert pooled is not None
@@ -210,7 +209,7 @@ class StatementRunner:
                 sql,
                 None,
                 exc,
-                dbapi_error,
+                dialect.loaded_dbapi.Error,
                 hide_parameters=True,
                 dialect=dialect,
                 connection_invalidated=invalidated,
