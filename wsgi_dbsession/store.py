@@ -51,8 +51,11 @@ class Serializer(Protocol):
 class JSONSerializer:
     """Compact JSON; NaN and infinities are refused because the column rejects them."""
 
+    # One encoder for every call: json.dumps with options builds a new one each time.
+    _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
     def dumps(self, value: Any) -> str:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return self._encoder.encode(value)
 
     def loads(self, text: str) -> Any:
         return json.loads(text)
