@@ -1,0 +1,81 @@
+"""The store's less travelled statements, on every live database: the table check, the
+row-locking rewrite of a contended save, and what the store says about itself.
+
+Written for the survivors of the mutation run of store.py (docs/reliability.md);
+each was checked to fail with its mutant planted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+
+import sqlalchemy as sa
+
+from wsgi_dbsession import SessionStore
+from wsgi_dbsession.cookies import generate_sid
+from wsgi_dbsession.express import UTC
+from wsgi_dbsession.store import SessionStats
+
+MakeStore = Callable[..., SessionStore]
+
+
+def at(seconds: float) -> dt.datetime:
+    """Now plus ``seconds``, in whole seconds (every column keeps those exactly)."""
+    return (dt.datetime.now(UTC) + dt.timedelta(seconds=seconds)).replace(microsecond=0)
+
+
+def test_has_table_says_whether_the_table_exists_without_creating_it(make_store: MakeStore) -> None:
+    store = make_store()  # create_table=True: created on first use, and has_table is no use
+    assert not store.has_table()
+    assert not store.has_table(), "asking did not create it"
+    store.create_table()
+    assert store.has_table()
+    other = sa.Table(
+        f"{store.table.name}_other", sa.MetaData(), *[sa.Column("id", sa.Integer, primary_key=True)]
+    )
+    assert not store.has_table(other), "another table is looked up by its own name"
+    assert store.has_table(store.table)
+
+
+def test_has_table_is_false_when_the_database_cannot_be_asked() -> None:
+    store = SessionStore(url="postgresql://nobody@127.0.0.1:1/none", create_table=False)
+    try:
+        assert store.has_table() is False
+    finally:
+        store.dispose()
+
+
+def test_replace_locked_rewrites_the_live_row_only(store: SessionStore) -> None:
+    sid, expires = generate_sid(), at(3600)
+    store.write(sid, '{"v":1}', at(60))
+    seen: list[str] = []
+
+    def rewrite(current: str) -> tuple[str, dt.datetime]:
+        seen.append(current)
+        return '{"v":2}', expires
+
+    now = at(0)
+    assert store.replace_locked(sid, now, rewrite) is True
+    assert seen == ['{"v":1}'], "rewrite got the stored text"
+    stored = store.load(sid)
+    assert stored is not None
+    assert (stored.text, stored.expires) == ('{"v":2}', expires)
+
+    missing = generate_sid()
+    assert store.replace_locked(missing, now, rewrite) is False
+    assert store.load(missing) is None, "no row is made for a missing id"
+
+    expired = generate_sid()
+    store.write(expired, '{"v":1}', at(-60))
+    assert store.replace_locked(expired, now, rewrite) is False, "an expired row is not brought back"
+    assert store.load(expired, at(-120)) is not None and store.count(expired=True, now=now) == 1
+    assert seen == ['{"v":1}'], "rewrite was called for the live row only"
+
+
+def test_stats_counts_live_and_expired_rows_at_the_time_given(store: SessionStore) -> None:
+    store.set(generate_sid(), {}, at(60))
+    store.set(generate_sid(), {}, at(-60))
+    assert store.stats() == SessionStats(live=1, expired=1)
+    assert store.stats(at(120)) == SessionStats(live=0, expired=2)
+    assert store.stats(at(-120)) == SessionStats(live=2, expired=0)
