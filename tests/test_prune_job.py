@@ -11,15 +11,21 @@ import datetime as dt
 import logging
 import os
 import re
+import socket
 import threading
+import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
-from conftest import StatementLog
+from conftest import LIVE_URLS, StatementLog
 from tests.prune_helpers import live_rows, seed
+from tests.test_databases import scratch_schema
 from wsgi_dbsession import SessionStore
 from wsgi_dbsession.prune import PruneLease, PruneScheduler, prune_once
+from wsgi_dbsession.store import utcnow
 
 MakeStore = Callable[..., SessionStore]
 
@@ -112,3 +118,140 @@ def test_the_job_is_scheduled_every_interval_on_average_one_run_at_a_time_in_utc
     assert f"prune job of {store.table.fullname!r} started (pid {os.getpid()})" in [
         record.getMessage() for record in caplog.records
     ]
+
+
+# -- the prune lease ---------------------------------------------------------------
+
+
+def lease_rows(store: SessionStore) -> list[tuple[str, str, dt.datetime]]:
+    lease = PruneLease(store).table
+    return [tuple(row) for row in store.run(lambda conn: conn.execute(sa.select(lease)).all())]  # type: ignore[misc]
+
+
+def test_the_lease_is_one_row_named_prune_in_a_table_beside_the_sessions_table(make_store: MakeStore) -> None:
+    # Every process of a deployment, whatever its version (a rolling deploy), and the
+    # command line look for this row: its table, name and columns are a contract.
+    store = make_store()
+    store.create_table()
+    lease = PruneLease(store, duration=90)
+    before = utcnow()
+    assert lease.try_acquire()
+    assert lease.table.name == f"{store.table.name}_lease"
+    columns = {column["name"]: column for column in sa.inspect(store.engine).get_columns(lease.table.name)}
+    assert list(columns) == ["name", "holder", "expires"]
+    for name in ("name", "holder"):
+        assert isinstance(columns[name]["type"], sa.String) and columns[name]["type"].length == 255, columns[
+            name
+        ]
+    assert not any(column["nullable"] for column in columns.values())
+    ((name, holder, expires),) = lease_rows(store)
+    host, pid, tag = holder.rsplit(":", 2)
+    assert (name, host, int(pid)) == ("prune", socket.gethostname()[:200], os.getpid())
+    assert re.fullmatch(r"[0-9a-f]{8}", tag)
+    assert before + dt.timedelta(seconds=89) <= expires <= utcnow() + dt.timedelta(seconds=91)
+    lease.release()
+    assert lease_rows(store) == []
+
+
+def test_a_lease_lapses_after_its_duration_and_not_before(make_store: MakeStore) -> None:
+    store = make_store()
+    store.create_table()
+    mine, theirs = PruneLease(store, duration=1.5), PruneLease(make_store())
+    theirs._pid, theirs._holder = os.getpid(), "another process"  # one process plays two
+    assert mine.try_acquire()
+    assert not theirs.try_acquire(), "held: its expiry is ahead"
+    lapse = lease_rows(store)[0][2] + dt.timedelta(seconds=1)  # MariaDB keeps whole seconds here
+    while utcnow() <= lapse:
+        time.sleep(0.05)
+    assert theirs.try_acquire(), "lapsed: taken over"
+    assert not mine.try_acquire()
+    theirs.release()
+
+
+def test_the_job_holds_its_lease_for_three_intervals_and_at_least_thirty_seconds(
+    make_store: MakeStore,
+) -> None:
+    # The holder renews at every run, 50-150 % of an interval apart: three intervals
+    # outlast the longest gap, and the shortest hold outlasts any one batch.
+    store = make_store()
+    seed(store, expired=1, live=0)
+    for interval, hold in ((60, 180), (5, 30)):
+        job = PruneScheduler(store, interval=interval)
+        try:
+            before = utcnow()
+            job.run_once()
+            ((_, _, expires),) = lease_rows(store)
+            # Stored to the second on MariaDB, to the millisecond on SQLite.
+            assert before + dt.timedelta(seconds=hold - 1) <= expires <= utcnow() + dt.timedelta(seconds=hold)
+        finally:
+            job.shutdown()
+
+
+def test_a_process_whose_id_is_1_starts_its_job_too(
+    make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In a container the app may be process 1: "not started" must not look like it.
+    store = make_store()
+    store.create_table()
+    job = PruneScheduler(store, interval=60)
+    monkeypatch.setattr(os, "getpid", lambda: 1)
+    try:
+        assert not job.started
+        job.ensure_started()
+        assert job.started and job._scheduler is not None and job._scheduler.running
+    finally:
+        job.shutdown()
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb"])
+def test_the_lease_table_is_in_the_schema_of_the_sessions_table(backend: str, engine_for: Any) -> None:
+    engine = engine_for(LIVE_URLS[backend])
+    with scratch_schema(engine) as schema:
+        store = SessionStore(engine=engine, table_name="sessions", schema=schema)
+        store.create_table()
+        lease = PruneLease(store)
+        assert lease.try_acquire()
+        inspector = sa.inspect(engine)
+        assert inspector.has_table("sessions_lease", schema=schema)
+        assert not inspector.has_table("sessions_lease")
+        lease.release()
+
+
+# -- what the job logs ---------------------------------------------------------------
+
+
+def test_a_run_while_another_process_prunes_says_so_at_debug(
+    make_store: MakeStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = make_store()
+    store.create_table()
+    holder = PruneLease(make_store())
+    holder._pid, holder._holder = os.getpid(), "another process"
+    assert holder.try_acquire()
+    job = PruneScheduler(store, interval=60)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="wsgi_dbsession.prune"):
+            assert job.run_once() is None
+    finally:
+        job.shutdown()
+        holder.release()
+    assert f"another process prunes {store.table.fullname!r} (pid {os.getpid()})" in [
+        record.getMessage() for record in caplog.records
+    ]
+
+
+def test_a_failed_run_is_logged_with_its_traceback_naming_the_table(
+    make_store: MakeStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = make_store(create_table=False)  # its table does not exist: the delete fails
+    job = PruneScheduler(store, interval=60)
+    try:
+        with caplog.at_level(logging.ERROR, logger="wsgi_dbsession.prune"):
+            assert job.run_once() is None
+    finally:
+        job.shutdown()
+    (record,) = [record for record in caplog.records if record.levelno == logging.ERROR]
+    assert record.getMessage() == (
+        f"pruning expired sessions of {store.table.fullname!r} failed; retrying at the next interval"
+    )
+    assert record.exc_info is not None
