@@ -8,14 +8,16 @@ each was checked to fail with its mutant planted.
 from __future__ import annotations
 
 import datetime as dt
+import sys
 from collections.abc import Callable
 
+import pytest
 import sqlalchemy as sa
 
-from wsgi_dbsession import SessionStore
+from wsgi_dbsession import ConfigurationError, SessionStore, create_engine
 from wsgi_dbsession.cookies import generate_sid
 from wsgi_dbsession.express import UTC
-from wsgi_dbsession.store import SessionStats
+from wsgi_dbsession.store import SessionStats, normalize_url
 
 MakeStore = Callable[..., SessionStore]
 
@@ -79,3 +81,31 @@ def test_stats_counts_live_and_expired_rows_at_the_time_given(store: SessionStor
     assert store.stats() == SessionStats(live=1, expired=1)
     assert store.stats(at(120)) == SessionStats(live=0, expired=2)
     assert store.stats(at(-120)) == SessionStats(live=2, expired=0)
+
+
+@pytest.mark.parametrize(
+    ("url", "blocked", "hint"),
+    [
+        # The tested driver of a database with an extra: the extra installs it.
+        ("postgresql://postgres@127.0.0.1/test", "psycopg", "pip install 'wsgi_dbsession[postgresql]'"),
+        # Another driver: install it, or use the tested one.
+        (
+            "mysql+mysqldb://root@127.0.0.1/test",
+            "MySQLdb",
+            "install it, or use a mysql+pymysql:// url, the tested driver "
+            "(pip install 'wsgi_dbsession[mysql]')",
+        ),
+        # A database without an extra (its driver comes with Python).
+        ("sqlite:///never-created.sqlite", "sqlite3", "install it"),
+    ],
+)
+def test_a_missing_driver_is_a_configuration_error_saying_what_to_install(
+    url: str, blocked: str, hint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, blocked, None)  # import fails, as without the package
+    with pytest.raises(ConfigurationError) as raised:
+        create_engine(url)
+    message = str(raised.value)
+    driver = normalize_url(url).drivername  # a bare URL gets its tested driver
+    assert message.startswith(f"the database driver of {driver!r} is not installed ("), message
+    assert message.endswith(f"); {hint}"), message
