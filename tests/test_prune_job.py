@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from conftest import LIVE_URLS, StatementLog
 from tests.prune_helpers import live_rows, seed
 from tests.test_databases import scratch_schema
-from wsgi_dbsession import SessionStore
+from wsgi_dbsession import SessionStore, prune
 from wsgi_dbsession.prune import PruneLease, PruneScheduler, prune_once
 from wsgi_dbsession.store import utcnow
 
@@ -255,3 +255,39 @@ def test_a_failed_run_is_logged_with_its_traceback_naming_the_table(
         f"pruning expired sessions of {store.table.fullname!r} failed; retrying at the next interval"
     )
     assert record.exc_info is not None
+
+
+def test_at_exit_a_running_prune_is_waited_for_one_second_at_most(make_store: MakeStore) -> None:
+    # What atexit runs: every started job is stopped and its lease given back; a prune
+    # in the middle of a batch delays the exit by a second at most, then is left behind.
+    store = make_store()
+    seed(store, expired=20, live=0)
+    table = store.table.name
+    job = PruneScheduler(store, interval=60, batch_size=10)
+    job.ensure_started()
+    in_batch, finish_batch = threading.Event(), threading.Event()
+
+    def hold_the_first_batch(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith("DELETE") and re.search(rf"\b{table}\b", statement):
+            in_batch.set()
+            finish_batch.wait(30)
+
+    sa.event.listen(store.engine, "before_cursor_execute", hold_the_first_batch)
+    pruning = threading.Thread(target=job.run_once)
+    pruning.start()
+    exiting = threading.Thread(target=prune._shutdown_all)
+    try:
+        assert in_batch.wait(30)
+        started = time.monotonic()
+        exiting.start()
+        exiting.join(10)
+        elapsed = time.monotonic() - started
+        assert not exiting.is_alive(), "exit waited for the prune"
+        assert 0.9 <= elapsed < 1.9, elapsed
+        assert not job.started
+    finally:
+        finish_batch.set()
+        pruning.join(30)
+        exiting.join(30)
+        sa.event.remove(store.engine, "before_cursor_execute", hold_the_first_batch)
+        job.shutdown()
