@@ -109,3 +109,14 @@ def test_a_missing_driver_is_a_configuration_error_saying_what_to_install(
     driver = normalize_url(url).drivername  # a bare URL gets its tested driver
     assert message.startswith(f"the database driver of {driver!r} is not installed ("), message
     assert message.endswith(f"); {hint}"), message
+
+
+def test_the_repr_names_the_table_and_the_url_without_its_password() -> None:
+    store = SessionStore(url="postgresql://app:s3cret@127.0.0.1:5432/test", table_name="web.sessions")
+    try:
+        assert (
+            repr(store)
+            == "<SessionStore 'web.sessions' on 'postgresql+psycopg://app:***@127.0.0.1:5432/test'>"
+        )
+    finally:
+        store.dispose()
