@@ -164,6 +164,8 @@ def test_a_lease_lapses_after_its_duration_and_not_before(make_store: MakeStore)
     while utcnow() <= lapse:
         time.sleep(0.05)
     assert theirs.try_acquire(), "lapsed: taken over"
+    mine.release()  # it still believes it holds the lease: giving it back must not free theirs
+    assert lease_rows(store)[0][1] == "another process"
     assert not mine.try_acquire()
     theirs.release()
 
@@ -199,6 +201,9 @@ def test_a_process_whose_id_is_1_starts_its_job_too(
         assert not job.started
         job.ensure_started()
         assert job.started and job._scheduler is not None and job._scheduler.running
+        # Its lease names it as every other process: a holder of its own, not the empty one
+        # every other process 1 (on other hosts) would share.
+        assert re.fullmatch(rf"{re.escape(socket.gethostname()[:200])}:1:[0-9a-f]{{8}}", job.lease.holder)
     finally:
         job.shutdown()
 
