@@ -109,3 +109,29 @@ def test_load_benchmark_serves_every_app_under_gunicorn_without_errors() -> None
     [target] = found["Load targets"]
     assert target["database"] == "sqlite"
     assert target["measured"].endswith(", 0 failed")
+
+
+def test_read_pieces_times_every_piece_of_a_read_on_every_database() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.read_pieces", "--calls", "20", "--rounds", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for database in DATABASES:
+        assert f"**{database}**" in result.stdout
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "µs" not in line]
+    pieces = {line.split("|")[1].strip() for line in rows}
+    assert {"the whole read request", "pool checkout and return", "the driver's execute and fetch"} <= pieces
+    assert all(_number(line.split("|")[2]) for line in rows), rows
+
+
+def _number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
