@@ -11,6 +11,7 @@ import datetime as dt
 import logging
 import os
 import re
+import secrets
 import socket
 import threading
 import time
@@ -211,14 +212,16 @@ def test_a_process_whose_id_is_1_starts_its_job_too(
 @pytest.mark.parametrize("backend", ["postgresql", "mariadb"])
 def test_the_lease_table_is_in_the_schema_of_the_sessions_table(backend: str, engine_for: Any) -> None:
     engine = engine_for(LIVE_URLS[backend])
+    # A name of its own: another suite running at the same time has a "sessions" table too.
+    table = f"sessions_{secrets.token_hex(4)}"
     with scratch_schema(engine) as schema:
-        store = SessionStore(engine=engine, table_name="sessions", schema=schema)
+        store = SessionStore(engine=engine, table_name=table, schema=schema)
         store.create_table()
         lease = PruneLease(store)
         assert lease.try_acquire()
         inspector = sa.inspect(engine)
-        assert inspector.has_table("sessions_lease", schema=schema)
-        assert not inspector.has_table("sessions_lease")
+        assert inspector.has_table(f"{table}_lease", schema=schema)
+        assert not inspector.has_table(f"{table}_lease")
         lease.release()
 
 
