@@ -10,11 +10,13 @@ from __future__ import annotations
 import datetime as dt
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from wsgi_dbsession import ConfigurationError, SessionStore, create_engine
+from tests.test_user_sessions import index_exists
+from wsgi_dbsession import ConfigurationError, SessionStore, StoreError, create_engine
 from wsgi_dbsession.cookies import generate_sid
 from wsgi_dbsession.express import UTC
 from wsgi_dbsession.store import SessionStats, normalize_url
@@ -120,3 +122,64 @@ def test_the_repr_names_the_table_and_the_url_without_its_password() -> None:
         )
     finally:
         store.dispose()
+
+
+def test_adding_the_user_index_while_another_process_adds_it_succeeds_on_mariadb(
+    backend: str, make_store: MakeStore
+) -> None:
+    # MariaDB (and MySQL) have no ADD COLUMN IF NOT EXISTS: the store looks, then adds
+    # what is missing. Another process adding the column between the look and the ALTER
+    # makes the ALTER fail; the store looks again and finds nothing left to add.
+    if backend != "mariadb":
+        pytest.skip("only MySQL and MariaDB look before they add (the others use IF NOT EXISTS)")
+    make_store().create_table()  # an existing table without the user index
+    mine, theirs = make_store(user_key="passport.user"), make_store(user_key="passport.user")
+    raced: list[str] = []
+
+    def the_other_process_first(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith("ALTER TABLE") and not raced:
+            raced.append(statement)
+            theirs.create_user_index()
+
+    sa.event.listen(mine.engine, "before_cursor_execute", the_other_process_first)
+    mine.create_user_index()
+    assert raced, "the race happened"
+    assert index_exists(mine)
+    sid = generate_sid()
+    mine.set(sid, {"passport": {"user": "ann"}}, at(60))
+    assert [found.sid for found in mine.user_sessions("ann")] == [sid]
+
+
+def refuse_user_index_ddl(store: SessionStore, times: int) -> list[str]:
+    """Make the database refuse the user index's DDL ``times`` times (as a missing privilege would)."""
+    refused: list[str] = []
+    dbapi = store.engine.dialect.dbapi
+    assert dbapi is not None
+
+    def refuse(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        ddl = statement.lstrip().upper().startswith("ALTER TABLE") or "_user_index" in statement
+        if ddl and len(refused) < times:
+            refused.append(statement)
+            raise dbapi.OperationalError("permission denied to add the user index (refused by the test)")
+
+    sa.event.listen(store.engine, "before_cursor_execute", refuse)
+    return refused
+
+
+def test_the_user_index_is_tried_again_once_after_a_refusal(make_store: MakeStore) -> None:
+    # The second try is there for a race on MySQL (another process added the column between
+    # the store's look and its ALTER); it runs whatever refused the first, here at first use.
+    store = make_store(user_key="passport.user")
+    refused = refuse_user_index_ddl(store, times=1)
+    assert store.count() == 0  # the first use creates the table and its user index
+    assert len(refused) == 1
+    assert index_exists(store)
+
+
+def test_a_user_index_refused_twice_is_an_error_naming_it(make_store: MakeStore) -> None:
+    store = make_store(user_key="passport.user")
+    store.create(store.table)  # the sessions table is there; its user index is not
+    refused = refuse_user_index_ddl(store, times=2)
+    with pytest.raises(StoreError, match=rf"the user index of '{store.table.name}' could not be created: "):
+        store.create_user_index()
+    assert len(refused) == 2
