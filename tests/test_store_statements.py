@@ -8,6 +8,7 @@ each was checked to fail with its mutant planted.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +20,7 @@ from tests.test_user_sessions import index_exists
 from wsgi_dbsession import ConfigurationError, SessionStore, StoreError, create_engine
 from wsgi_dbsession.cookies import generate_sid
 from wsgi_dbsession.express import UTC
-from wsgi_dbsession.store import SessionStats, normalize_url
+from wsgi_dbsession.store import SessionStats, UserSession, normalize_url
 
 MakeStore = Callable[..., SessionStore]
 
@@ -183,3 +184,74 @@ def test_a_user_index_refused_twice_is_an_error_naming_it(make_store: MakeStore)
     with pytest.raises(StoreError, match=rf"the user index of '{store.table.name}' could not be created: "):
         store.create_user_index()
     assert len(refused) == 2
+
+
+# -- a user's sessions -------------------------------------------------------------
+
+
+def test_a_user_s_sessions_say_when_each_was_last_active_from_its_cookie_object(
+    make_store: MakeStore,
+) -> None:
+    # last_active is the expiry less the lifetime the row's cookie object records; a
+    # browser-session cookie's row lives a day from each write; a lifetime that is not a
+    # positive number of milliseconds says nothing.
+    store = make_store(user_key="passport.user")
+    store.create_table()
+    base = at(3600)
+    day, ms = dt.timedelta(days=1), dt.timedelta(milliseconds=1)
+    cookies: dict[str, tuple[Any, dt.datetime | None]] = {
+        "hour": (3_600_000, base - dt.timedelta(hours=1)),
+        "one-ms": (1, base - ms),
+        "browser": (None, base - day),
+        "zero": (0, None),
+        "text": ("3600000", None),
+        "flag": (True, None),
+    }
+    for offset, (sid, (original, _)) in enumerate(cookies.items()):
+        cookie = {"originalMaxAge": original, "expires": None, "httpOnly": True, "path": "/"}
+        text = json.dumps({"cookie": cookie, "passport": {"user": "zed"}})
+        store.write(sid, text, base - dt.timedelta(seconds=offset))
+    found = {session.sid: session for session in store.user_sessions("zed")}
+    assert list(found) == list(cookies), "latest expiry first"
+    for offset, (sid, (_, expected)) in enumerate(cookies.items()):
+        moved = dt.timedelta(seconds=offset)
+        assert found[sid].last_active == (None if expected is None else expected - moved), sid
+
+
+class _Refusing:
+    """A serializer whose loads refuses everything (a signed or encrypted format whose key changed)."""
+
+    def dumps(self, value: Any) -> str:
+        return json.dumps(value)
+
+    def loads(self, text: str) -> Any:
+        raise ValueError("refused")
+
+
+def test_a_session_the_serializer_cannot_read_is_listed_with_its_id_and_expiry_only(
+    make_store: MakeStore,
+) -> None:
+    store = make_store(user_key="passport.user", serializer=_Refusing())
+    store.create_table()
+    expires = at(60)
+    store.write("unreadable", json.dumps({"passport": {"user": "ann"}, "_created": 1.0}), expires)
+    assert store.user_sessions("ann") == [UserSession("unreadable", expires, {}, None, None)]
+
+
+def test_a_user_s_session_expiring_this_very_second_is_still_listed(make_store: MakeStore) -> None:
+    # As a load: a row is live up to and including its expiry (connect-session-knex's >=).
+    store = make_store(user_key="passport.user")
+    store.create_table()
+    expires = at(60)
+    store.set("edge", {"passport": {"user": "ann"}}, expires)
+    assert [session.sid for session in store.user_sessions("ann", now=expires)] == ["edge"]
+    assert store.user_sessions("ann", now=expires + dt.timedelta(seconds=1)) == []
+
+
+def test_a_prune_in_batches_of_one_row_deletes_one_row_per_statement(make_store: MakeStore) -> None:
+    store = make_store()
+    seed_rows = 3
+    store.create_table()
+    for n in range(seed_rows):
+        store.set(f"old-{n}", {}, at(-60))
+    assert list(store.prune_batches(batch_size=1)) == [1, 1, 1, 0]
