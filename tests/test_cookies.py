@@ -69,6 +69,19 @@ def test_rotation_signs_with_the_first_secret_and_verifies_with_each() -> None:
     assert encode_value(sign(sid, NEW_SECRET)) in cookie.set_header(sid, 60, secure=False)[1]
 
 
+def test_a_signature_verified_under_one_secret_never_verifies_under_another() -> None:
+    # Signatures are cached per id and secret: a cookie verified once under a
+    # secret stays refused by a cookie reader that has only another.
+    sid = generate_sid()
+    old_only, new_only = parse_secrets([OLD_SECRET]), parse_secrets([NEW_SECRET])
+    signed = sign(sid, OLD_SECRET)
+    for _ in range(2):  # the second time from the cache
+        assert unsign(signed, old_only) == sid
+        assert unsign(signed, new_only) is None
+        assert make_cookie("s", new_only).read(f"s={encode_value(signed)}") is None
+    assert unsign(sign(sid, NEW_SECRET), new_only) == sid
+
+
 @pytest.mark.parametrize(
     "header",
     [
