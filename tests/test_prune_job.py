@@ -21,11 +21,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from conftest import LIVE_URLS, StatementLog
+from conftest import LIVE_URLS, StatementLog, drop_table
 from tests.prune_helpers import live_rows, seed
+from tests.test_cleanup import in_child
 from tests.test_databases import scratch_schema
 from wsgi_dbsession import SessionStore, prune
-from wsgi_dbsession.prune import PruneLease, PruneScheduler, prune_once
+from wsgi_dbsession.prune import PruneLease, PruneScheduler, prune_held, prune_once
 from wsgi_dbsession.store import utcnow
 
 MakeStore = Callable[..., SessionStore]
@@ -205,6 +206,8 @@ def test_a_process_whose_id_is_1_starts_its_job_too(
         # Its lease names it as every other process: a holder of its own, not the empty one
         # every other process 1 (on other hosts) would share.
         assert re.fullmatch(rf"{re.escape(socket.gethostname()[:200])}:1:[0-9a-f]{{8}}", job.lease.holder)
+        job.shutdown()
+        assert not job.started, "stopped: a later ensure_started starts it again"
     finally:
         job.shutdown()
 
@@ -262,7 +265,7 @@ def test_a_failed_run_is_logged_with_its_traceback_naming_the_table(
     assert record.getMessage() == (
         f"pruning expired sessions of {store.table.fullname!r} failed; retrying at the next interval"
     )
-    assert record.exc_info is not None
+    assert record.exc_info and isinstance(record.exc_info[1], Exception), "with the cause's traceback"
 
 
 def test_at_exit_a_running_prune_is_waited_for_one_second_at_most(make_store: MakeStore) -> None:
@@ -298,4 +301,109 @@ def test_at_exit_a_running_prune_is_waited_for_one_second_at_most(make_store: Ma
         pruning.join(30)
         exiting.join(30)
         sa.event.remove(store.engine, "before_cursor_execute", hold_the_first_batch)
+        job.shutdown()
+
+
+# -- a prune in progress -----------------------------------------------------------------
+
+
+def test_a_prune_whose_lease_is_taken_during_it_stops_after_the_batch_and_says_so(
+    make_store: MakeStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The lease is renewed after every full batch: a holder that finds it taken (it
+    # stalled, its lease lapsed, another process took over) stops rather than prune
+    # alongside the new holder.
+    store = make_store()
+    seed(store, expired=30, live=0)
+    lease = PruneLease(store)
+    assert lease.try_acquire()
+    table, taken = store.table.name, []
+
+    def taken_over_after_the_first_batch(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if (
+            statement.lstrip().upper().startswith("DELETE")
+            and re.search(rf"\b{table}\b", statement)
+            and not taken
+        ):
+            taken.append(statement)
+            store.run(lambda conn: conn.execute(sa.update(lease.table).values(holder="another process")))
+
+    sa.event.listen(store.engine, "before_cursor_execute", taken_over_after_the_first_batch)
+    with caplog.at_level(logging.DEBUG, logger="wsgi_dbsession.prune"):
+        assert prune_held(store, lease, batch_size=10) == 10
+    assert store.count(expired=True) == 20
+    pid = os.getpid()
+    assert [record.getMessage() for record in caplog.records] == [
+        f"prune of {store.table.fullname!r} started (pid {pid})",
+        f"the prune lease of {store.table.fullname!r} lapsed during a prune; stopping (pid {pid})",
+        AnyPruned(10, store.table.fullname, pid),
+    ]
+
+
+class AnyPruned(str):
+    """The closing log line of a prune, whatever its duration (which must be a plausible one)."""
+
+    def __new__(cls, deleted: int, table: str, pid: int) -> AnyPruned:
+        pattern = (
+            rf"pruned {deleted} expired sessions from {re.escape(repr(table))} in ([\d.]+) s \(pid {pid}\)"
+        )
+        return super().__new__(cls, pattern)
+
+    def __eq__(self, other: object) -> bool:
+        found = isinstance(other, str) and re.fullmatch(str(self), other)
+        return bool(found) and 0 <= float(found.group(1)) < 600  # type: ignore[union-attr]
+
+    __hash__ = str.__hash__
+
+
+def test_a_prune_that_deletes_nothing_logs_at_debug_and_one_that_deletes_at_info(
+    make_store: MakeStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = make_store()
+    store.create_table()
+    lease = PruneLease(store)
+    assert lease.try_acquire()
+    with caplog.at_level(logging.DEBUG, logger="wsgi_dbsession.prune"):
+        assert prune_held(store, lease) == 0
+        seed(store, expired=2, live=0)
+        assert prune_held(store, lease) == 2
+    closing = [(r.levelno, r.getMessage()) for r in caplog.records if r.getMessage().startswith("pruned")]
+    pid, table = os.getpid(), store.table.fullname
+    assert closing == [(logging.DEBUG, AnyPruned(0, table, pid)), (logging.INFO, AnyPruned(2, table, pid))]
+    lease.release()
+    assert not lease.held
+
+
+def test_a_lease_that_cannot_be_given_back_is_left_to_lapse_with_a_warning(
+    make_store: MakeStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = make_store()
+    store.create_table()
+    lease = PruneLease(store)
+    assert lease.try_acquire()
+    drop_table(store.engine, lease.table)  # the database refuses the delete
+    with caplog.at_level(logging.WARNING, logger="wsgi_dbsession.prune"):
+        lease.release()  # never raises
+    (record,) = caplog.records
+    assert record.getMessage() == "could not give the prune lease back; it lapses by itself"
+    assert record.exc_info and isinstance(record.exc_info[1], Exception), "with the cause's traceback"
+    assert not lease.held
+
+
+def test_a_forked_child_can_shut_down_the_job_it_inherited(make_store: MakeStore) -> None:
+    # The child has the parent's scheduler object but not its thread: shutting down
+    # there (its atexit, a close()) must neither touch that scheduler nor hang.
+    store = make_store()
+    store.create_table()
+    job = PruneScheduler(store, interval=60)
+    job.ensure_started()
+    try:
+
+        def child() -> bool:
+            job.shutdown(timeout=1)
+            return not job.started
+
+        assert in_child(child) == 0
+        assert job.started and job._scheduler.running, "the parent's job runs on"
+    finally:
         job.shutdown()

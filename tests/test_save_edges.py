@@ -160,7 +160,7 @@ def test_the_app_error_an_outage_explains_is_logged_with_its_traceback(
         for record in caplog.records
         if record.getMessage() == "the application failed after the session store was found unreachable"
     ]
-    assert record.exc_info is not None, "the app's traceback is in the log line"
+    assert record.exc_info, "the app's traceback is in the log line"
     assert isinstance(record.exc_info[1], RuntimeError)
     assert str(record.exc_info[1]) == "the view failed"
 
