@@ -255,3 +255,22 @@ def test_a_prune_in_batches_of_one_row_deletes_one_row_per_statement(make_store:
     for n in range(seed_rows):
         store.set(f"old-{n}", {}, at(-60))
     assert list(store.prune_batches(batch_size=1)) == [1, 1, 1, 0]
+
+
+def test_the_row_lock_of_a_contended_save_is_asked_for_the_sessions_table(
+    store: SessionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # MSSQL renders the lock as a hint on that table (tests/test_mssql.py checks the SQL);
+    # no MSSQL server runs here, so the store is checked to name the table it locks.
+    asked: list[sa.Table] = []
+    lock_row = store.dialect.lock_row
+
+    def recording(select: Any, table: sa.Table) -> Any:
+        asked.append(table)
+        return lock_row(select, table)
+
+    monkeypatch.setattr(store.dialect, "lock_row", recording)
+    sid = generate_sid()
+    store.write(sid, '{"v":1}', at(60))
+    assert store.replace_locked(sid, at(0), lambda _text: ('{"v":2}', at(60)))
+    assert asked == [store.table]
