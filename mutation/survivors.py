@@ -192,6 +192,13 @@ STORE_RULES: list[Rule] = [
         function=r"^store\._install_hint$",
     ),
     Rule(
+        ADDED_STORE
+        + STORE_TESTS
+        + "test_a_helper_table_the_database_refuses_to_create_is_an_error_beside_an_existing_sessions_table`.",
+        function=r"^store\.SessionStore\.create$",
+        added=r"has_table\(None\)",
+    ),
+    Rule(
         ADDED_STORE + STORE_TESTS + "test_the_repr_names_the_table_and_the_url_without_its_password`.",
         function=r"^store\.SessionStore\.__repr__$",
     ),

@@ -274,3 +274,24 @@ def test_the_row_lock_of_a_contended_save_is_asked_for_the_sessions_table(
     store.write(sid, '{"v":1}', at(60))
     assert store.replace_locked(sid, at(0), lambda _text: ('{"v":2}', at(60)))
     assert asked == [store.table]
+
+
+def test_a_helper_table_the_database_refuses_to_create_is_an_error_beside_an_existing_sessions_table(
+    store: SessionStore,
+) -> None:
+    # create() forgives a failed CREATE only when the very table it was creating is there
+    # (another process made it first), not when some other table (the sessions one) is.
+    helper = sa.Table(
+        f"{store.table.name}_helper", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True)
+    )
+    dbapi = store.engine.dialect.dbapi
+    assert dbapi is not None
+
+    def refuse(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "CREATE TABLE" in statement.upper() and helper.name in statement:
+            raise dbapi.OperationalError("permission denied to create the table (refused by the test)")
+
+    sa.event.listen(store.engine, "before_cursor_execute", refuse)
+    with pytest.raises(StoreError):
+        store.create(helper)
+    assert not store.has_table(helper)
