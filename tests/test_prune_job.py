@@ -271,6 +271,8 @@ def test_a_failed_run_is_logged_with_its_traceback_naming_the_table(
 def test_at_exit_a_running_prune_is_waited_for_one_second_at_most(make_store: MakeStore) -> None:
     # What atexit runs: every started job is stopped and its lease given back; a prune
     # in the middle of a batch delays the exit by a second at most, then is left behind.
+    # The prune runs on a thread of its own here; run by the scheduler's own thread it
+    # is waited for to the end of its batch (the xfail test at the end of this file).
     store = make_store()
     seed(store, expired=20, live=0)
     table = store.table.name
@@ -406,4 +408,42 @@ def test_a_forked_child_can_shut_down_the_job_it_inherited(make_store: MakeStore
         assert in_child(child) == 0
         assert job.started and job._scheduler.running, "the parent's job runs on"
     finally:
+        job.shutdown()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap: APScheduler's BackgroundScheduler.shutdown joins its thread, in which "
+    "DebugExecutor runs the prune, so shutdown (and exit) wait for the whole running batch",
+)
+@pytest.mark.parametrize("backend", ["sqlite"])  # the scheduler's behaviour, the same on every database
+def test_shutdown_during_a_batch_run_by_the_scheduler_itself_returns_within_its_timeout(
+    make_store: MakeStore,
+) -> None:
+    # The tests above run the prune on a thread of their own; here the scheduler runs it,
+    # as in production.
+    store = make_store()
+    seed(store, expired=20, live=0)
+    table = store.table.name
+    job = PruneScheduler(store, interval=0.2, batch_size=10)
+    in_batch, finish_batch = threading.Event(), threading.Event()
+
+    def hold_the_first_batch(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        deleting = statement.lstrip().upper().startswith("DELETE") and re.search(rf"\b{table}\b", statement)
+        if deleting and not in_batch.is_set():
+            in_batch.set()
+            finish_batch.wait(30)
+
+    sa.event.listen(store.engine, "before_cursor_execute", hold_the_first_batch)
+    releasing = threading.Timer(3, finish_batch.set)
+    try:
+        job.ensure_started()
+        assert in_batch.wait(30)
+        releasing.start()
+        started = time.monotonic()
+        job.shutdown(timeout=0.5)
+        assert time.monotonic() - started < 2
+    finally:
+        finish_batch.set()
+        releasing.cancel()
         job.shutdown()
