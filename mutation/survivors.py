@@ -168,6 +168,16 @@ STORE_RULES: list[Rule] = [
         removed=r"timeout: float = 5\.0",
     ),
     Rule(
+        "Equivalent: `json.dumps` only tests `ensure_ascii` and `allow_nan` for truth (None is False).",
+        function=r"^store\.JSONSerializer\.dumps$",
+        added=r"(ensure_ascii|allow_nan)=None",
+    ),
+    Rule(
+        ADDED_STORE + STORE_TESTS + "test_sessions_are_stored_as_compact_json_keeping_unicode_as_is` and "
+        "`test_a_number_json_cannot_hold_is_refused_and_nothing_is_stored`.",
+        function=r"^store\.JSONSerializer\.dumps$",
+    ),
+    Rule(
         "Equivalent: a payload that could not be read is only tested for being a dict.",
         function=r"^store\.SessionStore\._user_session$",
         added=r'^payload = ""$',
@@ -650,7 +660,7 @@ class Report:
         }
         header = [
             *self.header,
-            *(f"re-checked: {line}" if i == 0 else line for i, line in enumerate(later.header)),
+            *(f"then, {line}" if i == 0 else line for i, line in enumerate(later.header)),
         ]
         return Report(header, dict(counts), statuses, blocks)
 

@@ -295,3 +295,27 @@ def test_a_helper_table_the_database_refuses_to_create_is_an_error_beside_an_exi
     with pytest.raises(StoreError):
         store.create(helper)
     assert not store.has_table(helper)
+
+
+# -- the JSON of the sess column --------------------------------------------------------
+
+
+def test_sessions_are_stored_as_compact_json_keeping_unicode_as_is(store: SessionStore) -> None:
+    # As express-session's JSON.stringify writes them: no spaces, characters as they are.
+    sid = generate_sid()
+    store.set(sid, {"name": "Zoë 名前", "tags": [1, 2], "nested": {"a": None}}, at(60))
+    stored = store.load(sid)
+    assert stored is not None
+    assert stored.text == '{"name":"Zoë 名前","tags":[1,2],"nested":{"a":null}}'
+
+
+@pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")])
+def test_a_number_json_cannot_hold_is_refused_and_nothing_is_stored(
+    store: SessionStore, number: float
+) -> None:
+    # JSON has no NaN or infinities: PostgreSQL's json column would refuse the text, and
+    # JavaScript's JSON.parse (the Node app sharing the table) too.
+    sid = generate_sid()
+    with pytest.raises(ValueError, match="JSON compliant"):
+        store.set(sid, {"x": number}, at(60))
+    assert store.load(sid) is None
