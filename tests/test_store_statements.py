@@ -319,3 +319,29 @@ def test_a_number_json_cannot_hold_is_refused_and_nothing_is_stored(
     with pytest.raises(ValueError, match="JSON compliant"):
         store.set(sid, {"x": number}, at(60))
     assert store.load(sid) is None
+
+
+# -- URLs and engines ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "normalized"),
+    [
+        ("postgres://app@db/sessions", "postgresql+psycopg://app@db/sessions"),  # Heroku's spelling
+        ("postgres+psycopg2://app@db/sessions", "postgresql+psycopg2://app@db/sessions"),
+        ("postgresql://app@db/sessions", "postgresql+psycopg://app@db/sessions"),
+        ("mysql://root@db/sessions", "mysql+pymysql://root@db/sessions"),
+        ("mysql+mysqldb://root@db/sessions", "mysql+mysqldb://root@db/sessions"),
+        ("mssql://sa@db/sessions", "mssql+pymssql://sa@db/sessions"),
+        ("sqlite:///sessions.sqlite", "sqlite:///sessions.sqlite"),
+    ],
+)
+def test_a_bare_url_gets_its_tested_driver_and_postgres_is_read_as_postgresql(
+    url: str, normalized: str
+) -> None:
+    assert normalize_url(url).render_as_string(hide_password=False) == normalized
+
+
+def test_a_url_that_does_not_parse_is_a_configuration_error_naming_the_url_option() -> None:
+    with pytest.raises(ConfigurationError, match=r"^url is not a database URL \("):
+        normalize_url("not a url")
