@@ -537,7 +537,32 @@ RULES: list[Rule] = [
         "Equivalent: with the default `errors` a bad escape decodes to U+FFFD instead of failing, "
         "and a value holding it never verifies (an id is base64url), so the cookie is refused either way.",
         function=r"^cookies\._decode_uri_component$",
-        added=r"unquote\(value, \)",
+        added=r"unquote\(value, \)|errors=None\)",
+    ),
+    Rule(
+        ADDED_SESSION
+        + "`tests/test_cookies.py::test_a_cookie_value_with_every_character_escaped_verifies_as_decodeURIComponent_reads_it`.",
+        function=r"^cookies\._decode_uri_component$",
+        removed=r'if "%" not in decoded:',
+    ),
+    Rule(
+        "Equivalent: the three replacements are a fast path for the escapes of a signed id; an "
+        "escape they leave sends the original value to the general decoder (`unquote`), which "
+        "decodes it the same.",
+        function=r"^cookies\._decode_uri_component$",
+        removed=r'value\.replace\("%3A", ":"\)',
+    ),
+    Rule(
+        "Equivalent: for an id of the accepted alphabet the general encoder gives what the three "
+        "replacements give.",
+        function=r"^cookies\.SessionCookie\.set_header$",
+        added=r"is_valid_sid\(sid\)\) and False",
+    ),
+    Rule(
+        ADDED_SESSION
+        + "`tests/test_cookies.py::test_an_id_outside_the_alphabet_is_fully_escaped_in_the_set_cookie_header`.",
+        function=r"^cookies\.SessionCookie\.set_header$",
+        removed=r"if is_valid_sid\(sid\) else encode_value\(signed\)",
     ),
     Rule(
         ADDED_SESSION
@@ -576,9 +601,9 @@ RULES: list[Rule] = [
         added=r"_mark_saved\(",
     ),
     Rule(
-        "Equivalent: `merged` is always bound by `rewrite` before it is read.",
+        "Equivalent: `merged` and `text` are always bound by `rewrite` before they are read.",
         function=r"^session\.Session\._merge$",
-        removed=r"merged: dict\[str, Any\] = \{\}",
+        removed=r'merged: dict\[str, Any\] = \{\}|text = ""',
     ),
     Rule(
         "Equivalent: `store.load` without `now` (or with None) takes the current time itself.",

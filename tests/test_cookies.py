@@ -69,6 +69,27 @@ def test_rotation_signs_with_the_first_secret_and_verifies_with_each() -> None:
     assert encode_value(sign(sid, NEW_SECRET)) in cookie.set_header(sid, 60, secure=False)[1]
 
 
+def test_a_cookie_value_with_every_character_escaped_verifies_as_decodeURIComponent_reads_it() -> None:
+    # A browser sends back what it was given, but a client may escape more than
+    # encodeURIComponent does (%2E for a dot): express-session decodes it all.
+    secrets = parse_secrets([NEW_SECRET])
+    sid = generate_sid()
+    escaped = "".join(f"%{byte:02X}" for byte in sign(sid, NEW_SECRET).encode())
+    assert make_cookie("s", secrets).read(f"s={escaped}") == sid
+    assert make_cookie("s", secrets).read(f"s={escaped.lower()}") == sid
+
+
+def test_an_id_outside_the_alphabet_is_fully_escaped_in_the_set_cookie_header() -> None:
+    # set_header escapes a generated id with three replacements; any other id
+    # goes through the general encoder, so no ';', space or quote reaches the header.
+    cookie = make_cookie("s", parse_secrets([NEW_SECRET]))
+    odd = 'an id; with spaces, quotes" and commas'
+    header = cookie.set_header(odd, 60, secure=False)[1]
+    value = header.split(";", 1)[0].removeprefix("s=")
+    assert value == encode_value(sign(odd, NEW_SECRET))
+    assert not set(value) & set(' ;,"\\')
+
+
 def test_a_signature_verified_under_one_secret_never_verifies_under_another() -> None:
     # Signatures are cached per id and secret: a cookie verified once under a
     # secret stays refused by a cookie reader that has only another.
