@@ -345,3 +345,21 @@ def test_a_bare_url_gets_its_tested_driver_and_postgres_is_read_as_postgresql(
 def test_a_url_that_does_not_parse_is_a_configuration_error_naming_the_url_option() -> None:
     with pytest.raises(ConfigurationError, match=r"^url is not a database URL \("):
         normalize_url("not a url")
+
+
+def test_a_store_is_refused_both_a_url_and_an_engine_or_an_empty_name(engine_for: Any) -> None:
+    engine = engine_for("sqlite://")
+    with pytest.raises(ConfigurationError, match=r"^give url or engine, not both$"):
+        SessionStore(url="sqlite://", engine=engine)
+    for names in ({"table_name": ""}, {"sid_column": ""}, {"table_name": "app."}):
+        with pytest.raises(ConfigurationError, match=r"^table_name and sid_column must not be empty$"):
+            SessionStore(engine=engine, **names)
+
+
+def test_a_dotted_table_name_is_split_at_its_first_dot_only() -> None:
+    # "schema.table"; a dot in the table's own name stays there (the schema option is the
+    # way to give a schema whose name holds one).
+    store = SessionStore(url="sqlite://", table_name="app.sessions.v2", create_table=False)
+    assert (store.table.schema, store.table.name) == ("app", "sessions.v2")
+    named = SessionStore(url="sqlite://", table_name="sessions.v2", schema="app", create_table=False)
+    assert (named.table.schema, named.table.name) == ("app", "sessions.v2")
