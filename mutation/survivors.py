@@ -100,7 +100,10 @@ SECOND_SAVE = (
     "merge; a rename of an unknown id writes the row); the save at the body's close makes no touch."
 )
 ADDED_SESSION = "Killed by a test added after this run (checked by planting the mutation by hand): "
-ADDED_STORE = "Killed by a test added after this run (checked by planting the mutation by hand): "
+ADDED_STORE = (
+    "Killed by a test added after this run (checked by planting each mutation, or a sample of "
+    "a function's many, by hand; the re-check below ran them all where it says so): "
+)
 STORE_TESTS = "`tests/test_store_statements.py::"
 PRUNE_TESTS = "`tests/test_prune_job.py::"
 # The store and the prune job (store.py, prune.py): first, as the wording rule below would
@@ -176,6 +179,21 @@ STORE_RULES: list[Rule] = [
         ADDED_STORE + STORE_TESTS + "test_sessions_are_stored_as_compact_json_keeping_unicode_as_is` and "
         "`test_a_number_json_cannot_hold_is_refused_and_nothing_is_stored`.",
         function=r"^store\.JSONSerializer\.dumps$",
+    ),
+    Rule(
+        ADDED_STORE + STORE_TESTS + "test_a_store_is_refused_both_a_url_and_an_engine_or_an_empty_name` and "
+        "`test_a_dotted_table_name_is_split_at_its_first_dot_only`.",
+        function=r"^store\.SessionStore\.__init__$",
+        removed=r"give url or engine, not both|must not be empty|table_name\.split\(\"\.\", 1\)|"
+        r"if url is not None and engine is not None|if not table_name or not sid_column|"
+        r"if schema is None and \"\.\" in table_name",
+    ),
+    Rule(
+        ADDED_STORE
+        + STORE_TESTS
+        + "test_a_bare_url_gets_its_tested_driver_and_postgres_is_read_as_postgresql` and "
+        "`test_a_url_that_does_not_parse_is_a_configuration_error_naming_the_url_option`.",
+        function=r"^store\.normalize_url$",
     ),
     Rule(
         "Equivalent: a payload that could not be read is only tested for being a dict.",
