@@ -138,7 +138,7 @@ main() {
     elapsed=$(( $(date +%s) - started ))
     write_report "$work" "mutmut run of $label, $([ "$all_backends" = 1 ] && echo 'every backend' || echo 'SQLite and PostgreSQL'),
 on $(date -u +%Y-%m-%dT%H:%MZ): ${elapsed} s, ${jobs} jobs, exit ${status}${names[0]+
-mutants: ${names[*]}}"
+mutants: $(if [ ${#names[@]} -le 4 ]; then echo "${names[*]}"; else echo "${#names[@]} named on the command line"; fi)}"
     exit "$status"
 }
 
