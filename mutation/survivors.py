@@ -201,8 +201,15 @@ STORE_RULES: list[Rule] = [
         added=r'^payload = ""$',
     ),
     Rule(
-        ADDED_STORE + STORE_TESTS + "test_has_table_says_whether_the_table_exists_without_creating_it`.",
+        ADDED_STORE + STORE_TESTS + "test_has_table_says_whether_the_table_exists_without_creating_it` and "
+        "`test_has_table_looks_in_the_store_s_schema`.",
         function=r"^store\.SessionStore\.has_table$",
+    ),
+    Rule(
+        ADDED_STORE + PRUNE_TESTS + "test_renewing_the_lease_is_one_statement` (the lease table is "
+        "made once, at the first try).",
+        function=r"^prune\.PruneLease\.try_acquire$",
+        removed=r"^self\._ready = True$",
     ),
     Rule(
         ADDED_STORE

@@ -447,3 +447,19 @@ def test_shutdown_during_a_batch_run_by_the_scheduler_itself_returns_within_its_
         finish_batch.set()
         releasing.cancel()
         job.shutdown()
+
+
+def test_renewing_the_lease_is_one_statement(make_store: MakeStore) -> None:
+    # The lease table is made once per process, at the first try; a renewal (after
+    # every batch) is then a single UPDATE.
+    store = make_store()
+    store.create_table()
+    lease = PruneLease(store)
+    assert lease.try_acquire()
+    sent: list[str] = []
+    sa.event.listen(
+        store.engine, "before_cursor_execute", lambda _c, _cu, statement, *_a: sent.append(statement)
+    )
+    assert lease.try_acquire()
+    assert len(sent) == 1 and sent[0].lstrip().upper().startswith("UPDATE"), sent
+    lease.release()

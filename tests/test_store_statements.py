@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from conftest import LIVE_URLS
+from tests.test_databases import scratch_schema
 from tests.test_user_sessions import index_exists
 from wsgi_dbsession import ConfigurationError, SessionStore, StoreError, create_engine
 from wsgi_dbsession.cookies import generate_sid
@@ -363,3 +365,16 @@ def test_a_dotted_table_name_is_split_at_its_first_dot_only() -> None:
     assert (store.table.schema, store.table.name) == ("app", "sessions.v2")
     named = SessionStore(url="sqlite://", table_name="sessions.v2", schema="app", create_table=False)
     assert (named.table.schema, named.table.name) == ("app", "sessions.v2")
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb"])
+def test_has_table_looks_in_the_store_s_schema(backend: str, engine_for: Any) -> None:
+    engine = engine_for(LIVE_URLS[backend])
+    with scratch_schema(engine) as schema:
+        store = SessionStore(engine=engine, table_name="sessions_in_schema", schema=schema)
+        assert not store.has_table()
+        store.create_table()
+        assert store.has_table()
+        assert not SessionStore(
+            engine=engine, table_name="sessions_in_schema", create_table=False
+        ).has_table()
