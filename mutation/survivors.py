@@ -123,6 +123,12 @@ STORE_RULES: list[Rule] = [
         added=r'bindparam\("\w+", (type_=(None|sa\.Unicode\((None|256)\)))?\)',
     ),
     Rule(
+        "Equivalent: SQLAlchemy renders `NOT NULL` for a column whose `nullable` is None (only "
+        "True, or leaving it unset, allows NULL); checked by compiling the DDL.",
+        function=r"^prune\.PruneLease\.__init__$",
+        added=r"nullable=None\)",
+    ),
+    Rule(
         "Equivalent in practice: a lapsed lease is taken at its expiry instant rather than just "
         "after it; holders renew long before (a lease is at least 30 s, renewed at every batch).",
         function=r"^prune\.PruneLease\.__init__$",
