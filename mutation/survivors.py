@@ -125,7 +125,7 @@ STORE_RULES: list[Rule] = [
     Rule(
         "Equivalent: SQLAlchemy renders `NOT NULL` for a column whose `nullable` is None (only "
         "True, or leaving it unset, allows NULL); checked by compiling the DDL.",
-        function=r"^prune\.PruneLease\.__init__$",
+        function=r"^(prune\.PruneLease|store\.SessionStore)\.__init__$",
         added=r"nullable=None\)",
     ),
     Rule(
