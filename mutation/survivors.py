@@ -324,6 +324,78 @@ RULES: list[Rule] = [
     *STORE_RULES,
     Rule(WORDING, message_only=True),
     Rule(
+        ADDED_SESSION
+        + "`tests/test_manager_options.py` (`test_table_name_sid_column_and_schema_reach_the_store`, "
+        "`test_create_table_false_never_creates_the_table`, `test_cleanup_batch_size_reaches_the_prune_job`): "
+        "each option is looked for where it acts, in the database.",
+        function=r"^manager\.SessionManager\.__init__$",
+        removed=r"(schema|table_name|sid_column|create_table)=opts\.|batch_size=opts\.cleanup_batch_size",
+    ),
+    Rule(
+        "Killed by `tests/test_http_correctness.py::test_the_default_sqlite_file_is_named_in_a_warning_once_per_process` "
+        "and `::test_no_warning_when_a_url_is_given`, a file the run does not select (checked by planting each).",
+        function=r"^manager\.SessionManager\.__init__$",
+        removed=r"if opts\.url is None and opts\.engine is None",
+    ),
+    Rule(
+        ADDED_SESSION + "`tests/test_manager_options.py::test_the_exc_info_of_the_app_reaches_the_server`.",
+        function=r"^middleware\._Cycle\.start_response$",
+        removed=r"\[\*headers, \*cookies\], exc_info\)",
+    ),
+    Rule(
+        "Killed by `tests/test_http_correctness.py::test_a_response_setting_the_session_cookie_is_never_stored_by_a_shared_cache`, "
+        "a file the run does not select (checked by planting).",
+        function=r"^middleware\._Cycle\.start_response$",
+        added=r"set_cookie=(None|bool\(None\))",
+    ),
+    Rule(
+        "Equivalent: `called` only decides whether the body is primed (its first item pulled "
+        "before it is returned); priming a body whose `start_response` already ran sends, saves "
+        "and closes the same.",
+        function=r"^middleware\._Cycle\.start_response$",
+        added=r"self\.called = (None|False)",
+    ),
+    Rule(
+        "Equivalent: `_loaded` is only tested for truth.",
+        function=r"^session\.Session\.__init__$",
+        added=r"self\._loaded = None",
+    ),
+    Rule(
+        ADDED_SESSION
+        + "`tests/test_cookies.py::test_an_attribute_value_with_a_semicolon_is_refused_naming_its_option`.",
+        function=r"^cookies\.SessionCookie\.__post_init__$",
+        added=r'\("(XXpathXX|PATH|XXdomainXX|DOMAIN)", ',
+    ),
+    Rule(
+        "Equivalent: with no domain the check reads a constant of allowed characters instead of "
+        "the empty string; both pass.",
+        function=r"^cookies\.SessionCookie\.__post_init__$",
+        added=r'self\.domain or "XXXX"',
+    ),
+    Rule(
+        ADDED_SESSION
+        + "`tests/test_cookies.py::test_secure_false_is_accepted_with_every_samesite_but_none`.",
+        function=r"^cookies\.SessionCookie\.__post_init__$",
+        added=r'\(True, True, "auto"\)|self\.samesite != "none" and self\.secure is False',
+    ),
+    Rule(
+        "Killed by `tests/test_http_correctness.py::test_samesite_none_without_secure_is_refused_at_construction`, "
+        "a file the run does not select (checked by planting).",
+        function=r"^cookies\.SessionCookie\.__post_init__$",
+        added=r'self\.samesite == "XXnoneXX" and self\.secure is False',
+    ),
+    Rule(
+        WORDING,
+        function=r"^cookies\.SessionCookie\.__post_init__$",
+        removed=r'samesite="none" needs secure=True',
+    ),
+    Rule(
+        ADDED_SESSION
+        + "`tests/test_cookies.py::test_samesite_none_with_secure_auto_is_left_out_over_http_and_sent_over_https`.",
+        function=r"^cookies\.SessionCookie\.__post_init__$",
+        removed=r"insecure_same_site = ",
+    ),
+    Rule(
         "Equivalent: HTTP field names are case-insensitive (RFC 9110 section 5.1), and so are "
         "Python's codec names.",
         removed=r'"(Set-Cookie|utf-8|ascii)"',
@@ -550,9 +622,9 @@ RULES: list[Rule] = [
         added=r"_close\(None\)",
     ),
     Rule(
-        "Equivalent: `called` and `streaming` are only tested for truth.",
+        "Equivalent: `called`, `sent` and `streaming` are only tested for truth.",
         function=r"^middleware\.(SessionMiddleware\.__call__|_Cycle\.__init__)$",
-        added=r"(streaming|self\.called) = None",
+        added=r"(streaming|self\.called|self\.sent) = None",
     ),
     Rule(
         "Not killed, and not worth a test: the `new=` flag of the debugging repr; nothing reads it.",

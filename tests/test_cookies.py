@@ -90,6 +90,27 @@ def test_an_id_outside_the_alphabet_is_fully_escaped_in_the_set_cookie_header() 
     assert not set(value) & set(' ;,"\\')
 
 
+@pytest.mark.parametrize("option", ["path", "domain"])
+def test_an_attribute_value_with_a_semicolon_is_refused_naming_its_option(option: str) -> None:
+    with pytest.raises(ConfigurationError, match=rf"^{option} 'a;b' may not hold"):
+        make_cookie("s", parse_secrets([NEW_SECRET]), **{option: "a;b"})
+
+
+@pytest.mark.parametrize("samesite", ["lax", "strict", None])
+def test_secure_false_is_accepted_with_every_samesite_but_none(samesite: str | None) -> None:
+    cookie = make_cookie("s", parse_secrets([NEW_SECRET]), secure=False, samesite=samesite)
+    assert "secure" not in cookie.set_header(generate_sid(), 60, secure=False)[1].lower()
+
+
+def test_samesite_none_with_secure_auto_is_left_out_over_http_and_sent_over_https() -> None:
+    cookie = make_cookie("s", parse_secrets([NEW_SECRET]), secure="auto", samesite="none")
+    sid = generate_sid()
+    over_http = cookie.set_header(sid, 60, secure=False)[1]
+    assert over_http.endswith("; Path=/; HttpOnly"), over_http
+    over_https = cookie.set_header(sid, 60, secure=True)[1]
+    assert over_https.endswith("; Path=/; secure; HttpOnly; SameSite=none"), over_https
+
+
 def test_a_signature_verified_under_one_secret_never_verifies_under_another() -> None:
     # Signatures are cached per id and secret: a cookie verified once under a
     # secret stays refused by a cookie reader that has only another.
