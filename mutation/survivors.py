@@ -197,6 +197,19 @@ STORE_RULES: list[Rule] = [
     Rule(
         ADDED_STORE
         + STORE_TESTS
+        + "test_hot_statements_run_on_the_driver_s_cursor_where_tested_unless_told_otherwise`.",
+        function=r"^store\.SessionStore\.__init__$",
+        removed=r"driver_cursor=dialect\.driver_cursor if driver_cursor is None else driver_cursor",
+    ),
+    Rule(
+        "Equivalent: the expiry's bind parameters are only compared with, or assigned to, the "
+        "`expired` column, whose type SQLAlchemy gives a bind parameter that has none.",
+        function=r"^store\.SessionStore\.__init__$",
+        removed=r"^expiry = ExpiryTimestamp\(\)$",
+    ),
+    Rule(
+        ADDED_STORE
+        + STORE_TESTS
         + "test_a_bare_url_gets_its_tested_driver_and_postgres_is_read_as_postgresql` and "
         "`test_a_url_that_does_not_parse_is_a_configuration_error_naming_the_url_option`.",
         function=r"^store\.normalize_url$",

@@ -378,3 +378,21 @@ def test_has_table_looks_in_the_store_s_schema(backend: str, engine_for: Any) ->
         assert not SessionStore(
             engine=engine, table_name="sessions_in_schema", create_table=False
         ).has_table()
+
+
+@pytest.mark.parametrize(("option", "on_the_cursor"), [(None, True), (True, True), (False, False)])
+def test_hot_statements_run_on_the_driver_s_cursor_where_tested_unless_told_otherwise(
+    make_store: MakeStore, statement_path: str, option: bool | None, on_the_cursor: bool
+) -> None:
+    # The tested drivers (psycopg, PyMySQL, sqlite3) take the hot statements on their own
+    # cursor, past SQLAlchemy's execution events; driver_cursor=False keeps them in Core.
+    if statement_path == "core":
+        pytest.skip("the option under test decides the path itself")
+    store = make_store(driver_cursor=option)
+    store.create_table()
+    core: list[str] = []
+    sa.event.listen(
+        store.engine, "before_cursor_execute", lambda _c, _cu, statement, *_a: core.append(statement)
+    )
+    assert store.load(generate_sid()) is None
+    assert len(core) == (0 if on_the_cursor else 1), core
