@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from conftest import LIVE_URLS
+from conftest import LIVE_URLS, unique_table_name
 from tests.test_databases import scratch_schema
 from tests.test_user_sessions import index_exists
 from wsgi_dbsession import ConfigurationError, SessionStore, StoreError, create_engine
@@ -370,14 +370,13 @@ def test_a_dotted_table_name_is_split_at_its_first_dot_only() -> None:
 @pytest.mark.parametrize("backend", ["postgresql", "mariadb"])
 def test_has_table_looks_in_the_store_s_schema(backend: str, engine_for: Any) -> None:
     engine = engine_for(LIVE_URLS[backend])
+    table = unique_table_name()  # a name of its own: other suites may run beside this one
     with scratch_schema(engine) as schema:
-        store = SessionStore(engine=engine, table_name="sessions_in_schema", schema=schema)
+        store = SessionStore(engine=engine, table_name=table, schema=schema)
         assert not store.has_table()
         store.create_table()
         assert store.has_table()
-        assert not SessionStore(
-            engine=engine, table_name="sessions_in_schema", create_table=False
-        ).has_table()
+        assert not SessionStore(engine=engine, table_name=table, create_table=False).has_table()
 
 
 @pytest.mark.parametrize(("option", "on_the_cursor"), [(None, True), (True, True), (False, False)])
