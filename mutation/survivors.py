@@ -115,7 +115,7 @@ STORE_RULES: list[Rule] = [
         "Equivalent: a bind parameter without a type that is compared with, or assigned to, a column "
         "takes the column's type in SQLAlchemy, and the length of a bind parameter's type is never "
         "checked (checked by planting: the lease and count tests pass on SQLite and PostgreSQL).",
-        function=r"^(prune\.PruneLease\.__init__|store\.SessionStore\.(count|user_sessions))$",
+        function=r"^(prune\.PruneLease\.__init__|store\.SessionStore\.(__init__|count|user_sessions))$",
         removed=r"bindparam\(",
         added=r'bindparam\("\w+", (type_=(None|sa\.Unicode\((None|256)\)))?\)',
     ),
@@ -211,6 +211,11 @@ STORE_RULES: list[Rule] = [
         + "test_a_bare_url_gets_its_tested_driver_and_postgres_is_read_as_postgresql` and "
         "`test_a_url_that_does_not_parse_is_a_configuration_error_naming_the_url_option`.",
         function=r"^store\.normalize_url$",
+    ),
+    Rule(
+        "Equivalent: the load's row is read by position, so the label of its `sess` column is never used.",
+        function=r"^store\.SessionStore\.__init__$",
+        removed=r'\.label\("sess"\)',
     ),
     Rule(
         "Equivalent: a payload that could not be read is only tested for being a dict.",
