@@ -218,6 +218,13 @@ STORE_RULES: list[Rule] = [
         removed=r'\.label\("sess"\)',
     ),
     Rule(
+        ADDED_STORE
+        + STORE_TESTS
+        + "test_an_engine_without_a_url_is_the_default_sqlite_file_in_the_working_directory`.",
+        function=r"^store\.create_engine$",
+        removed=r"DEFAULT_SQLITE_FILE",
+    ),
+    Rule(
         "Equivalent: a payload that could not be read is only tested for being a dict.",
         function=r"^store\.SessionStore\._user_session$",
         added=r'^payload = ""$',

@@ -395,3 +395,14 @@ def test_hot_statements_run_on_the_driver_s_cursor_where_tested_unless_told_othe
     )
     assert store.load(generate_sid()) is None
     assert len(core) == (0 if on_the_cursor else 1), core
+
+
+def test_an_engine_without_a_url_is_the_default_sqlite_file_in_the_working_directory(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    engine = create_engine()
+    try:
+        assert engine.url.render_as_string() == "sqlite:///wsgi_dbsession.sqlite"
+    finally:
+        engine.dispose()
