@@ -21,8 +21,13 @@ BUDGET = "0 / 1 / 2 / 1"
 
 
 def run_benchmarks(*args: str) -> str:
+    return run_module("benchmarks", "--quick", *args)
+
+
+def run_module(module: str, *args: str) -> str:
+    """``python -m module args`` from the repository root; its output, once it exited 0."""
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", *args],
+        [sys.executable, "-m", module, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -112,18 +117,10 @@ def test_load_benchmark_serves_every_app_under_gunicorn_without_errors() -> None
 
 
 def test_read_pieces_times_every_piece_of_a_read_on_every_database() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.read_pieces", "--calls", "20", "--rounds", "1"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=180,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    out = run_module("benchmarks.read_pieces", "--calls", "20", "--rounds", "1")
     for database in DATABASES:
-        assert f"**{database}**" in result.stdout
-    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "µs" not in line]
+        assert f"**{database}**" in out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "µs" not in line]
     pieces = {line.split("|")[1].strip() for line in rows}
     assert {"the whole read request", "pool checkout and return", "the driver's execute and fetch"} <= pieces
     assert all(_number(line.split("|")[2]) for line in rows), rows
