@@ -650,7 +650,8 @@ RULES: list[Rule] = [
         added=r"(streaming|self\.called|self\.sent) = None",
     ),
     Rule(
-        "Not killed, and not worth a test: the `new=` flag of the debugging repr; nothing reads it.",
+        ADDED_SESSION
+        + "`tests/test_session.py::test_repr_of_a_loaded_session_says_whether_it_is_new_and_lists_its_keys`.",
         function=r"^session\.Session\.__repr__$",
     ),
     Rule(

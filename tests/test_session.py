@@ -131,6 +131,19 @@ def test_repr_does_not_load_the_session(make_app: MakeApp) -> None:
     assert len(log) == 0
 
 
+def test_repr_of_a_loaded_session_says_whether_it_is_new_and_lists_its_keys(make_app: MakeApp) -> None:
+    reprs: list[str] = []
+
+    def remember(session: Any) -> None:
+        session["b"], session["a"] = 1, 2
+        reprs.append(repr(session))
+
+    app, _ = make_app(app_doing(remember))
+    app.get("/")
+    app.get("/")
+    assert reprs == ["<Session new=True keys=['a', 'b']>", "<Session new=False keys=['a', 'b']>"]
+
+
 def test_changes_made_while_the_body_streams_are_saved_when_it_closes(make_app: MakeApp) -> None:
     def streaming(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
         session = environ["dbsession"]
