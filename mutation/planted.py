@@ -41,9 +41,9 @@ PLANTED = [
     Planted(
         "rolling-never-extends",
         "session.py",
-        "        if not headers_sent and self._factory.rolling and self._touch_due(row, now):\n"
+        "        if not headers_sent and self._factory.rolling and self._touch_due(row, now := utcnow()):\n"
         "            expires = now + dt.timedelta(seconds=self._record.lifetime())\n",
-        "        if not headers_sent and self._factory.rolling and self._touch_due(row, now):\n"
+        "        if not headers_sent and self._factory.rolling and self._touch_due(row, now := utcnow()):\n"
         "            expires = row.expires\n",
         (
             "tests/test_middleware.py::"

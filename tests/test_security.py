@@ -430,5 +430,7 @@ def test_every_planted_bug_and_its_tests_are_in_the_docs() -> None:
     named = set(re.findall(r"`(tests/\w+\.py::\w+)`", page))
     for bug in planted.PLANTED:
         assert f"`{bug.name}`" in page, f"docs/reliability.md does not list the planted bug {bug.name}"
+        source = (ROOT / "wsgi_dbsession" / bug.file).read_text()
+        assert source.count(bug.old) == 1, f"the planted bug {bug.name} no longer fits {bug.file}"
         for node in bug.tests:
             assert node.partition("[")[0] in named, f"docs/reliability.md does not name {node}"
