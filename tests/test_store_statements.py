@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import secrets
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -154,18 +155,23 @@ def test_adding_the_user_index_while_another_process_adds_it_succeeds_on_mariadb
 
 
 def refuse_user_index_ddl(store: SessionStore, times: int) -> list[str]:
-    """Make the database refuse the user index's DDL ``times`` times (as a missing privilege would)."""
-    refused: list[str] = []
-    dbapi = store.engine.dialect.dbapi
-    assert dbapi is not None
+    """Make the database refuse the user index's DDL ``times`` times (as a missing privilege would).
 
-    def refuse(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+    The DDL is swapped for a statement the database itself refuses, so the error
+    comes from the driver as a refusal would (an error raised in the listener
+    reaches the caller unwrapped on SQLAlchemy 2.0).
+    """
+    refused: list[str] = []
+    missing = f"refused_by_the_test_{secrets.token_hex(4)}"
+
+    def refuse(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_args: Any) -> tuple[str, Any]:
         ddl = statement.lstrip().upper().startswith("ALTER TABLE") or "_user_index" in statement
         if ddl and len(refused) < times:
             refused.append(statement)
-            raise dbapi.OperationalError("permission denied to add the user index (refused by the test)")
+            return f"SELECT * FROM {missing}", parameters
+        return statement, parameters
 
-    sa.event.listen(store.engine, "before_cursor_execute", refuse)
+    sa.event.listen(store.engine, "before_cursor_execute", refuse, retval=True)
     return refused
 
 
