@@ -185,6 +185,31 @@ def test_engines_the_package_creates_have_a_connect_timeout(db_url: str, backend
         assert int(seen[-1]["connect_timeout"]) == expected, (backend, url, options)
 
 
+# A connect argument each driver takes and the test can see: the caller's own.
+CALLERS_CONNECT_ARG = {
+    "postgresql": ("application_name", "wsgi-dbsession-test"),
+    "mariadb": ("read_timeout", 30),
+}
+
+
+def test_the_callers_connect_args_are_added_to_the_packages_not_put_in_their_place(
+    db_url: str, backend: str
+) -> None:
+    seen: list[dict[str, Any]] = []
+
+    def record(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
+        seen.append(dict(cparams))
+
+    name, value = CALLERS_CONNECT_ARG[backend]
+    engine = create_engine(db_url, connect_args={name: value})
+    sa.event.listen(engine, "do_connect", record)
+    with engine.connect() as conn:
+        conn.execute(sa.text("SELECT 1"))
+    engine.dispose()
+    assert seen[-1][name] == value
+    assert int(seen[-1]["connect_timeout"]) == CONNECT_TIMEOUT, "the package's connect timeout was dropped"
+
+
 def test_an_exhausted_pool_is_503_not_a_hang(make_proxied: MakeApp, db_url: str) -> None:
     engine = create_engine(db_url, pool_size=1, max_overflow=0, pool_timeout=0.2)
     app, _ = make_proxied(engine=engine, url=None)
