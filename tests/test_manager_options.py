@@ -13,10 +13,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 import webtest
 
-from conftest import LIVE_URLS, SECRET, StatementLog
+from conftest import LIVE_URLS, SECRET, StatementLog, drop_table
 from tests.apps import session_app
 from tests.prune_helpers import seed
 from tests.test_databases import scratch_schema
@@ -100,10 +99,7 @@ def test_the_exc_info_of_the_app_reaches_the_server(db_url: str) -> None:
         assert [status for status, _ in calls] == ["200 OK", "500 Internal Server Error"]
         assert calls[1][1] is not None and calls[1][1][0] is RuntimeError
     finally:
-        middleware.store.engine.dispose()
-        with sa.create_engine(db_url).connect() as conn:
-            middleware.store.table.drop(conn, checkfirst=True)
-            conn.commit()
+        drop_table(middleware.store.engine, middleware.store.table)
         middleware.close()
 
 
