@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 
 import sqlalchemy as sa
 
 from wsgi_dbsession import SessionStore, generate_sid
 from wsgi_dbsession.express import to_iso_z
+from wsgi_dbsession.prune import PruneLease
 from wsgi_dbsession.store import utcnow
 
 DAY = dt.timedelta(days=1)
@@ -63,3 +65,10 @@ def connection_id(store: SessionStore) -> int | None:
     if sql is None:
         return None
     return int(store.run(lambda conn: conn.execute(sa.text(sql)).scalar_one()))
+
+
+def lease_of_another_process(store: SessionStore) -> PruneLease:
+    """A prune lease on ``store`` that names another holder: one test process plays two."""
+    lease = PruneLease(store)
+    lease._pid, lease._holder = os.getpid(), "another process"
+    return lease

@@ -23,7 +23,7 @@ import webtest
 
 from conftest import SECRET, StatementLog
 from tests.apps import session_app
-from tests.prune_helpers import connection_id, live_rows, seed
+from tests.prune_helpers import connection_id, lease_of_another_process, live_rows, seed
 from wsgi_dbsession import Options, SessionMiddleware, SessionStore
 from wsgi_dbsession.prune import PruneLease, PruneScheduler, prune_once
 from wsgi_dbsession.store import SessionStats, utcnow
@@ -121,8 +121,7 @@ def test_one_holder_of_the_prune_lease_at_a_time(make_store: MakeStore) -> None:
     # Two stores, two engines: two pools, as two processes would have.
     first, second = make_store(), make_store()
     seed(first, expired=5, live=0)
-    mine, theirs = PruneLease(first), PruneLease(second)
-    theirs._pid, theirs._holder = os.getpid(), "another process"  # one process plays two
+    mine, theirs = PruneLease(first), lease_of_another_process(second)
     assert mine.try_acquire()
     assert mine.try_acquire(), "the holder renews its own lease"
     assert not theirs.try_acquire()

@@ -22,7 +22,7 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import LIVE_URLS, StatementLog, drop_table
-from tests.prune_helpers import live_rows, seed
+from tests.prune_helpers import lease_of_another_process, live_rows, seed
 from tests.test_cleanup import in_child
 from tests.test_databases import scratch_schema
 from wsgi_dbsession import SessionStore, prune
@@ -57,8 +57,7 @@ def test_a_one_off_prune_while_another_process_holds_the_lease_says_so_naming_th
 ) -> None:
     store = make_store()
     seed(store, expired=3, live=0)
-    holder = PruneLease(make_store())
-    holder._pid, holder._holder = os.getpid(), "another process"  # one process plays two
+    holder = lease_of_another_process(make_store())
     assert holder.try_acquire()
     with caplog.at_level(logging.INFO, logger="wsgi_dbsession.prune"):
         assert prune_once(store) is None
@@ -158,8 +157,7 @@ def test_the_lease_is_one_row_named_prune_in_a_table_beside_the_sessions_table(m
 def test_a_lease_lapses_after_its_duration_and_not_before(make_store: MakeStore) -> None:
     store = make_store()
     store.create_table()
-    mine, theirs = PruneLease(store, duration=1.5), PruneLease(make_store())
-    theirs._pid, theirs._holder = os.getpid(), "another process"  # one process plays two
+    mine, theirs = PruneLease(store, duration=1.5), lease_of_another_process(make_store())
     assert mine.try_acquire()
     assert not theirs.try_acquire(), "held: its expiry is ahead"
     lapse = lease_rows(store)[0][2] + dt.timedelta(seconds=1)  # MariaDB keeps whole seconds here
@@ -236,8 +234,7 @@ def test_a_run_while_another_process_prunes_says_so_at_debug(
 ) -> None:
     store = make_store()
     store.create_table()
-    holder = PruneLease(make_store())
-    holder._pid, holder._holder = os.getpid(), "another process"
+    holder = lease_of_another_process(make_store())
     assert holder.try_acquire()
     job = PruneScheduler(store, interval=60)
     try:
