@@ -297,8 +297,10 @@ def test_a_row_without_a_usable_lifetime_gets_the_configured_one(
     assert record["n"] == 2 and record["cookie"]["originalMaxAge"] == 7_200_000
 
 
-@pytest.mark.parametrize(("original_max_age", "max_age"), [(500, 1), (1999, 1), (2000, 2)])
-def test_a_row_s_lifetime_in_milliseconds_is_rounded_down_to_whole_seconds_at_least_one(
+@pytest.mark.parametrize(
+    ("original_max_age", "max_age"), [(1, 1), (500, 1), (1499, 1), (1500, 2), (2000, 2), (3_599_999, 3600)]
+)
+def test_a_row_s_lifetime_in_milliseconds_is_rounded_to_the_nearest_second_at_least_one(
     make_app: MakeApp, original_max_age: int, max_age: int
 ) -> None:
     app, middleware = make_app(app_doing(lambda s: s.update(n=s["n"] + 1)))

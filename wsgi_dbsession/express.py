@@ -146,5 +146,7 @@ def _stored_max_age(cookie_json: Any, default: int | None) -> int | None:
         if original is None:
             return None
         if isinstance(original, (int, float)) and original > 0:
-            return max(1, int(original) // 1000)
+            # To the nearest second: express-session records its lifetime a few
+            # milliseconds short (the clock is read twice), 3599999 for an hour.
+            return max(1, int(original + 500) // 1000)
     return default
