@@ -268,8 +268,8 @@ def test_a_failed_run_is_logged_with_its_traceback_naming_the_table(
 def test_at_exit_a_running_prune_is_waited_for_one_second_at_most(make_store: MakeStore) -> None:
     # What atexit runs: every started job is stopped and its lease given back; a prune
     # in the middle of a batch delays the exit by a second at most, then is left behind.
-    # The prune runs on a thread of its own here; run by the scheduler's own thread it
-    # is waited for to the end of its batch (the xfail test at the end of this file).
+    # The prune runs on a thread of its own here; the scheduler's own thread runs it in
+    # test_shutdown_during_a_batch_run_by_the_scheduler_itself_waits_its_timeout_then_returns.
     store = make_store()
     seed(store, expired=20, live=0)
     table = store.table.name
@@ -408,41 +408,46 @@ def test_a_forked_child_can_shut_down_the_job_it_inherited(make_store: MakeStore
         job.shutdown()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: APScheduler's BackgroundScheduler.shutdown joins its thread, in which "
-    "DebugExecutor runs the prune, so shutdown (and exit) wait for the whole running batch",
-)
 @pytest.mark.parametrize("backend", ["sqlite"])  # the scheduler's behaviour, the same on every database
-def test_shutdown_during_a_batch_run_by_the_scheduler_itself_returns_within_its_timeout(
-    make_store: MakeStore,
+@pytest.mark.parametrize("timeout", [0.5, None], ids=["timeout-0.5", "default-timeout-5"])
+def test_shutdown_during_a_batch_run_by_the_scheduler_itself_waits_its_timeout_then_returns(
+    make_store: MakeStore, timeout: float | None
 ) -> None:
     # The tests above run the prune on a thread of their own; here the scheduler runs it,
-    # as in production.
+    # as in production (APScheduler 3 joins that thread when it shuts down).
     store = make_store()
     seed(store, expired=20, live=0)
     table = store.table.name
     job = PruneScheduler(store, interval=0.2, batch_size=10)
     in_batch, finish_batch = threading.Event(), threading.Event()
+    waits = 5.0 if timeout is None else timeout
 
     def hold_the_first_batch(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         deleting = statement.lstrip().upper().startswith("DELETE") and re.search(rf"\b{table}\b", statement)
         if deleting and not in_batch.is_set():
             in_batch.set()
-            finish_batch.wait(30)
+            finish_batch.wait(waits + 20)
 
     sa.event.listen(store.engine, "before_cursor_execute", hold_the_first_batch)
-    releasing = threading.Timer(3, finish_batch.set)
     try:
         job.ensure_started()
         assert in_batch.wait(30)
-        releasing.start()
         started = time.monotonic()
-        job.shutdown(timeout=0.5)
-        assert time.monotonic() - started < 2
+        job.shutdown() if timeout is None else job.shutdown(timeout=timeout)
+        assert waits - 0.1 <= time.monotonic() - started < waits + 0.9
+        assert len(lease_rows(store)) == 1  # the batch still runs, under the lease
+        finish_batch.set()
+        # The run stops after its batch and gives the lease back itself, before it lapses.
+        deadline = time.monotonic() + 20
+        while lease_rows(store) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert lease_rows(store) == []
+        remaining = store.run(
+            lambda conn: conn.execute(sa.select(sa.func.count()).select_from(store.table)).scalar()
+        )
+        assert remaining == 10  # one batch of 10 of the 20 expired rows, then the stop
     finally:
         finish_batch.set()
-        releasing.cancel()
         job.shutdown()
 
 

@@ -278,6 +278,8 @@ class PruneScheduler:
             )
             return None
         finally:
+            if self._stop.is_set():  # shut down during the run: the lease goes back now, not when it lapses
+                self.lease.release()
             self._run_lock.release()
 
     def shutdown(self, timeout: float = 5.0) -> None:
@@ -289,7 +291,10 @@ class PruneScheduler:
         self._stop.set()
         scheduler, self._scheduler = self._scheduler, None
         if scheduler is not None and self.started and scheduler.running:
-            scheduler.shutdown(wait=False)
+            # APScheduler 3 joins the scheduler's thread whatever ``wait`` says, and
+            # the prune runs in that thread: stopped from a thread of its own, it
+            # leaves the waiting to the run lock below, bounded by ``timeout``.
+            threading.Thread(target=scheduler.shutdown, kwargs={"wait": False}, daemon=True).start()
         if self._run_lock.acquire(timeout=timeout):
             try:
                 self.lease.release()
