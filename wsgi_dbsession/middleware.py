@@ -91,7 +91,11 @@ class _Cycle:
         self, status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
     ) -> Any:
         self.called = True
-        manager, session = self.manager, self.session
+        session = self.session
+        if not session.loaded and session.load_error is None:  # unused: nothing to save, no header to add
+            self.sent = True
+            return self.server_start_response(status, headers, exc_info)
+        manager = self.manager
         if self.failure is None and manager.outage_explains(session, status):
             self.failure = session.load_error
         if self.failure is not None:
