@@ -168,7 +168,9 @@ STORE_RULES: list[Rule] = [
         added=r"scheduler is not None or self\.started",
     ),
     Rule(
-        ADDED_STORE + PRUNE_TESTS + "test_shutdown_during_a_batch_run_by_the_scheduler_itself_waits_its_timeout_"
+        ADDED_STORE
+        + PRUNE_TESTS
+        + "test_shutdown_during_a_batch_run_by_the_scheduler_itself_waits_its_timeout_"
         "then_returns[default-timeout-5]` (it waits out the 5 s).",
         function=r"^prune\.PruneScheduler\.shutdown$",
         removed=r"timeout: float = 5\.0",
