@@ -162,6 +162,23 @@ def test_changes_made_while_the_body_streams_are_saved_when_it_closes(make_app: 
     assert stored["cart"] == ["added while streaming"]
 
 
+def test_changes_made_after_start_response_by_an_app_returning_a_list_are_saved(make_app: MakeApp) -> None:
+    # WSGI lets an app change state between start_response and its return; a list body
+    # is saved before it is handed back, since no code of the app runs after that.
+    def late_change(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        session = environ["dbsession"]
+        session["n"] = session.get("n", 0) + 1
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        session["after_headers"] = session["n"]
+        return [b"ok"]
+
+    app, middleware = make_app(late_change)
+    response = app.get("/")
+    app.get("/")  # an existing session: its late change is an update of the row
+    stored = middleware.store.get(sid_in(response))
+    assert stored is not None and (stored["n"], stored.get("after_headers")) == (2, 2)
+
+
 def test_session_works_in_an_app_that_starts_the_response_lazily(make_app: MakeApp) -> None:
     def lazy(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
         environ["dbsession"]["n"] = 1

@@ -58,8 +58,12 @@ class SessionMiddleware:
         if cycle.failure is not None:  # the app caught the error and returned a body anyway
             _close(app_iter)
             return cycle.error_response(cycle.failure)
-        if not session.loaded and isinstance(app_iter, (list, tuple)):
-            return app_iter  # the body is already built: the session can no longer change
+        if isinstance(app_iter, (list, tuple)):
+            # The body is already built: no app code runs from here on, so what
+            # changed after start_response is saved now, not when the server closes it.
+            if session.loaded:
+                manager.save_late(session, environ)
+            return app_iter
         return _ClosingIterable(app_iter, lambda: manager.save_late(session, environ))
 
     def close(self) -> None:
