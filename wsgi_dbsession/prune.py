@@ -21,6 +21,7 @@ afresh instead of using what it inherited.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -288,19 +289,30 @@ class PruneScheduler:
         Waits up to ``timeout`` seconds for a running prune to finish its
         current batch.
         """
-        self._stop.set()
+        self._stop.set()  # a running prune stops after its batch, and no other starts
         scheduler, self._scheduler = self._scheduler, None
-        if scheduler is not None and self.started and scheduler.running:
-            # APScheduler 3 joins the scheduler's thread whatever ``wait`` says, and
-            # the prune runs in that thread: stopped from a thread of its own, it
-            # leaves the waiting to the run lock below, bounded by ``timeout``.
-            threading.Thread(target=scheduler.shutdown, kwargs={"wait": False}, daemon=True).start()
-        if self._run_lock.acquire(timeout=timeout):
+        running = scheduler is not None and self.started and scheduler.running
+        idle = self._run_lock.acquire(timeout=timeout)
+        if idle:
             try:
                 self.lease.release()
             finally:
                 self._run_lock.release()
+        if running:
+            _stop_scheduler(scheduler, idle=idle)
         self._pid = 0
+
+
+def _stop_scheduler(scheduler: Any, *, idle: bool) -> None:
+    # APScheduler 3 joins the scheduler's thread whatever ``wait`` says, and the
+    # prune runs in that thread. Idle, the thread ends at once; in a batch, it is
+    # stopped from a thread of its own, so that shutdown keeps to its timeout.
+    if idle:
+        scheduler.shutdown(wait=False)
+        return
+    # At interpreter exit no thread starts (RuntimeError): the daemon thread ends with the process.
+    with contextlib.suppress(RuntimeError):
+        threading.Thread(target=scheduler.shutdown, kwargs={"wait": False}, daemon=True).start()
 
 
 _START_LOCK = threading.Lock()
