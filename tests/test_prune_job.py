@@ -451,6 +451,44 @@ def test_shutdown_during_a_batch_run_by_the_scheduler_itself_waits_its_timeout_t
         job.shutdown()
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # the scheduler's behaviour, the same on every database
+def test_a_job_restarted_while_its_old_run_finishes_a_batch_keeps_both_runs_apart(
+    make_store: MakeStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    # shutdown gave up waiting for a batch, and the job is started again: the old run
+    # ends on its own lock and stop signal (releasing the new lock would raise in it).
+    store = make_store()
+    seed(store, expired=20, live=0)
+    table = store.table.name
+    job = PruneScheduler(store, interval=0.2, batch_size=10)
+    in_batch, finish_batch = threading.Event(), threading.Event()
+
+    def hold_the_first_batch(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        deleting = statement.lstrip().upper().startswith("DELETE") and re.search(rf"\b{table}\b", statement)
+        if deleting and not in_batch.is_set():
+            in_batch.set()
+            finish_batch.wait(30)
+
+    sa.event.listen(store.engine, "before_cursor_execute", hold_the_first_batch)
+    try:
+        with caplog.at_level(logging.INFO):
+            job.ensure_started()
+            assert in_batch.wait(30)
+            job.shutdown(timeout=0.2)
+            job.ensure_started()
+            finish_batch.set()
+            counting = sa.select(sa.func.count()).select_from(store.table)
+            deadline = time.monotonic() + 20
+            while store.run(lambda conn: conn.execute(counting).scalar()) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert store.run(lambda conn: conn.execute(counting).scalar()) == 0  # the new job pruned the rest
+            job.shutdown()
+        assert not [record for record in caplog.records if record.levelno >= logging.ERROR], caplog.text
+    finally:
+        finish_batch.set()
+        job.shutdown()
+
+
 def test_renewing_the_lease_is_one_statement(make_store: MakeStore) -> None:
     # The lease table is made once per process, at the first try; a renewal (after
     # every batch) is then a single UPDATE.

@@ -263,15 +263,18 @@ class PruneScheduler:
         Returns how many rows went, or None when another process holds the
         lease, a run is already going on here, or the run failed (logged).
         """
-        if not self._run_lock.acquire(blocking=False):
+        # This run's own lock and signal: a restart after a shutdown that gave up
+        # waiting for this run gives the job new ones.
+        run_lock, stop = self._run_lock, self._stop
+        if not run_lock.acquire(blocking=False):
             return None
         try:
-            if self._stop.is_set():
+            if stop.is_set():
                 return None
             if not self.lease.try_acquire():
                 log.debug("another process prunes %r (pid %d)", self.store.table.fullname, os.getpid())
                 return None
-            return prune_held(self.store, self.lease, batch_size=self.batch_size, stop=self._stop)
+            return prune_held(self.store, self.lease, batch_size=self.batch_size, stop=stop)
         except Exception:
             log.exception(
                 "pruning expired sessions of %r failed; retrying at the next interval",
@@ -279,9 +282,9 @@ class PruneScheduler:
             )
             return None
         finally:
-            if self._stop.is_set():  # shut down during the run: the lease goes back now, not when it lapses
+            if stop.is_set():  # shut down during the run: the lease goes back now, not when it lapses
                 self.lease.release()
-            self._run_lock.release()
+            run_lock.release()
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Stop the job in this process and give the prune lease back.
