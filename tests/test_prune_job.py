@@ -408,6 +408,37 @@ def test_a_forked_child_can_shut_down_the_job_it_inherited(make_store: MakeStore
         job.shutdown()
 
 
+def hold_the_first_delete(store: SessionStore, hold: float) -> tuple[threading.Event, threading.Event]:
+    """Hold the first DELETE on ``store``'s table for up to ``hold`` seconds.
+
+    Returns (in_batch, finish_batch): the first is set once the DELETE is held,
+    setting the second lets it go.
+    """
+    table = store.table.name
+    in_batch, finish_batch = threading.Event(), threading.Event()
+
+    def hold_it(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        deleting = statement.lstrip().upper().startswith("DELETE") and re.search(rf"\b{table}\b", statement)
+        if deleting and not in_batch.is_set():
+            in_batch.set()
+            finish_batch.wait(hold)
+
+    sa.event.listen(store.engine, "before_cursor_execute", hold_it)
+    return in_batch, finish_batch
+
+
+def row_count(store: SessionStore) -> int:
+    return int(
+        store.run(lambda conn: conn.execute(sa.select(sa.func.count()).select_from(store.table)).scalar())
+    )
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize("backend", ["sqlite"])  # the scheduler's behaviour, the same on every database
 @pytest.mark.parametrize("timeout", [0.5, None], ids=["timeout-0.5", "default-timeout-5"])
 def test_shutdown_during_a_batch_run_by_the_scheduler_itself_waits_its_timeout_then_returns(
@@ -417,18 +448,9 @@ def test_shutdown_during_a_batch_run_by_the_scheduler_itself_waits_its_timeout_t
     # as in production (APScheduler 3 joins that thread when it shuts down).
     store = make_store()
     seed(store, expired=20, live=0)
-    table = store.table.name
     job = PruneScheduler(store, interval=0.2, batch_size=10)
-    in_batch, finish_batch = threading.Event(), threading.Event()
     waits = 5.0 if timeout is None else timeout
-
-    def hold_the_first_batch(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        deleting = statement.lstrip().upper().startswith("DELETE") and re.search(rf"\b{table}\b", statement)
-        if deleting and not in_batch.is_set():
-            in_batch.set()
-            finish_batch.wait(waits + 20)
-
-    sa.event.listen(store.engine, "before_cursor_execute", hold_the_first_batch)
+    in_batch, finish_batch = hold_the_first_delete(store, waits + 20)
     try:
         job.ensure_started()
         assert in_batch.wait(30)
@@ -438,14 +460,9 @@ def test_shutdown_during_a_batch_run_by_the_scheduler_itself_waits_its_timeout_t
         assert len(lease_rows(store)) == 1  # the batch still runs, under the lease
         finish_batch.set()
         # The run stops after its batch and gives the lease back itself, before it lapses.
-        deadline = time.monotonic() + 20
-        while lease_rows(store) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: not lease_rows(store))
         assert lease_rows(store) == []
-        remaining = store.run(
-            lambda conn: conn.execute(sa.select(sa.func.count()).select_from(store.table)).scalar()
-        )
-        assert remaining == 10  # one batch of 10 of the 20 expired rows, then the stop
+        assert row_count(store) == 10  # one batch of 10 of the 20 expired rows, then the stop
     finally:
         finish_batch.set()
         job.shutdown()
@@ -459,17 +476,8 @@ def test_a_job_restarted_while_its_old_run_finishes_a_batch_keeps_both_runs_apar
     # ends on its own lock and stop signal (releasing the new lock would raise in it).
     store = make_store()
     seed(store, expired=20, live=0)
-    table = store.table.name
     job = PruneScheduler(store, interval=0.2, batch_size=10)
-    in_batch, finish_batch = threading.Event(), threading.Event()
-
-    def hold_the_first_batch(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        deleting = statement.lstrip().upper().startswith("DELETE") and re.search(rf"\b{table}\b", statement)
-        if deleting and not in_batch.is_set():
-            in_batch.set()
-            finish_batch.wait(30)
-
-    sa.event.listen(store.engine, "before_cursor_execute", hold_the_first_batch)
+    in_batch, finish_batch = hold_the_first_delete(store, 30)
     try:
         with caplog.at_level(logging.INFO):
             job.ensure_started()
@@ -477,11 +485,8 @@ def test_a_job_restarted_while_its_old_run_finishes_a_batch_keeps_both_runs_apar
             job.shutdown(timeout=0.2)
             job.ensure_started()
             finish_batch.set()
-            counting = sa.select(sa.func.count()).select_from(store.table)
-            deadline = time.monotonic() + 20
-            while store.run(lambda conn: conn.execute(counting).scalar()) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert store.run(lambda conn: conn.execute(counting).scalar()) == 0  # the new job pruned the rest
+            wait_until(lambda: row_count(store) == 0)
+            assert row_count(store) == 0  # the new job pruned the rest
             job.shutdown()
         assert not [record for record in caplog.records if record.levelno >= logging.ERROR], caplog.text
     finally:
