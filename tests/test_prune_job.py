@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from conftest import LIVE_URLS, StatementLog, drop_table
 from tests.prune_helpers import lease_of_another_process, live_rows, seed
-from tests.test_cleanup import in_child
+from tests.test_cleanup import in_child, wait_for
 from tests.test_databases import scratch_schema
 from wsgi_dbsession import SessionStore, prune
 from wsgi_dbsession.prune import PruneLease, PruneScheduler, prune_held, prune_once
@@ -265,6 +265,25 @@ def test_a_failed_run_is_logged_with_its_traceback_naming_the_table(
     assert record.exc_info and isinstance(record.exc_info[1], Exception), "with the cause's traceback"
 
 
+def hold_the_first_delete(store: SessionStore, hold: float) -> tuple[threading.Event, threading.Event]:
+    """Hold the first DELETE on ``store``'s table for up to ``hold`` seconds.
+
+    Returns (in_batch, finish_batch): the first is set once the DELETE is held,
+    setting the second lets it go.
+    """
+    table = store.table.name
+    in_batch, finish_batch = threading.Event(), threading.Event()
+
+    def hold_it(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        deleting = statement.lstrip().upper().startswith("DELETE") and re.search(rf"\b{table}\b", statement)
+        if deleting and not in_batch.is_set():
+            in_batch.set()
+            finish_batch.wait(hold)
+
+    sa.event.listen(store.engine, "before_cursor_execute", hold_it)
+    return in_batch, finish_batch
+
+
 def test_at_exit_a_running_prune_is_waited_for_one_second_at_most(make_store: MakeStore) -> None:
     # What atexit runs: every started job is stopped and its lease given back; a prune
     # in the middle of a batch delays the exit by a second at most, then is left behind.
@@ -272,17 +291,9 @@ def test_at_exit_a_running_prune_is_waited_for_one_second_at_most(make_store: Ma
     # test_shutdown_during_a_batch_run_by_the_scheduler_itself_waits_its_timeout_then_returns.
     store = make_store()
     seed(store, expired=20, live=0)
-    table = store.table.name
     job = PruneScheduler(store, interval=60, batch_size=10)
     job.ensure_started()
-    in_batch, finish_batch = threading.Event(), threading.Event()
-
-    def hold_the_first_batch(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if statement.lstrip().upper().startswith("DELETE") and re.search(rf"\b{table}\b", statement):
-            in_batch.set()
-            finish_batch.wait(30)
-
-    sa.event.listen(store.engine, "before_cursor_execute", hold_the_first_batch)
+    in_batch, finish_batch = hold_the_first_delete(store, 30)
     pruning = threading.Thread(target=job.run_once)
     pruning.start()
     exiting = threading.Thread(target=prune._shutdown_all)
@@ -299,7 +310,6 @@ def test_at_exit_a_running_prune_is_waited_for_one_second_at_most(make_store: Ma
         finish_batch.set()
         pruning.join(30)
         exiting.join(30)
-        sa.event.remove(store.engine, "before_cursor_execute", hold_the_first_batch)
         job.shutdown()
 
 
@@ -408,37 +418,6 @@ def test_a_forked_child_can_shut_down_the_job_it_inherited(make_store: MakeStore
         job.shutdown()
 
 
-def hold_the_first_delete(store: SessionStore, hold: float) -> tuple[threading.Event, threading.Event]:
-    """Hold the first DELETE on ``store``'s table for up to ``hold`` seconds.
-
-    Returns (in_batch, finish_batch): the first is set once the DELETE is held,
-    setting the second lets it go.
-    """
-    table = store.table.name
-    in_batch, finish_batch = threading.Event(), threading.Event()
-
-    def hold_it(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        deleting = statement.lstrip().upper().startswith("DELETE") and re.search(rf"\b{table}\b", statement)
-        if deleting and not in_batch.is_set():
-            in_batch.set()
-            finish_batch.wait(hold)
-
-    sa.event.listen(store.engine, "before_cursor_execute", hold_it)
-    return in_batch, finish_batch
-
-
-def row_count(store: SessionStore) -> int:
-    return int(
-        store.run(lambda conn: conn.execute(sa.select(sa.func.count()).select_from(store.table)).scalar())
-    )
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
 @pytest.mark.parametrize("backend", ["sqlite"])  # the scheduler's behaviour, the same on every database
 @pytest.mark.parametrize("timeout", [0.5, None], ids=["timeout-0.5", "default-timeout-5"])
 def test_shutdown_during_a_batch_run_by_the_scheduler_itself_waits_its_timeout_then_returns(
@@ -460,9 +439,9 @@ def test_shutdown_during_a_batch_run_by_the_scheduler_itself_waits_its_timeout_t
         assert len(lease_rows(store)) == 1  # the batch still runs, under the lease
         finish_batch.set()
         # The run stops after its batch and gives the lease back itself, before it lapses.
-        wait_until(lambda: not lease_rows(store))
+        wait_for(lambda: not lease_rows(store))
         assert lease_rows(store) == []
-        assert row_count(store) == 10  # one batch of 10 of the 20 expired rows, then the stop
+        assert store.count(expired=True) == 10  # one batch of 10 of the 20 expired rows, then the stop
     finally:
         finish_batch.set()
         job.shutdown()
@@ -485,8 +464,8 @@ def test_a_job_restarted_while_its_old_run_finishes_a_batch_keeps_both_runs_apar
             job.shutdown(timeout=0.2)
             job.ensure_started()
             finish_batch.set()
-            wait_until(lambda: row_count(store) == 0)
-            assert row_count(store) == 0  # the new job pruned the rest
+            wait_for(lambda: store.count(expired=True) == 0)
+            assert store.count(expired=True) == 0  # the new job pruned the rest
             job.shutdown()
         assert not [record for record in caplog.records if record.levelno >= logging.ERROR], caplog.text
     finally:
