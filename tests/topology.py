@@ -26,7 +26,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,15 +204,28 @@ class Server:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
-def start_topology_apps(url: str, table: str, workdir: Path, *, count: int, threads: int) -> list[Server]:
+# How the app gets its engine: the package's own (url=), or one the user built
+# with plain sqlalchemy.create_engine() and its defaults (engine=).
+ENGINE_KINDS = ["package", "user"]
+
+
+def start_topology_apps(
+    url: str, table: str, workdir: Path, *, count: int, threads: int, engine: str = "package"
+) -> list[Server]:
     """``count`` gunicorn servers of one worker each serving tests/servers/topology_app.py on ``table``.
 
     Clients send to them in turn (a load balancer's round robin), so every
     process serves for certain: workers sharing one socket leave it to the
     kernel which one accepts, and under load one can take every connection.
-    Every app process appends its log to ``workdir / "app.log"``.
+    Every app process appends its log to ``workdir / "app.log"``. ``engine``
+    is one of :data:`ENGINE_KINDS`.
     """
-    env = {"TOPOLOGY_APP_URL": url, "TOPOLOGY_APP_TABLE": table, "TOPOLOGY_APP_LOG": str(workdir / "app.log")}
+    env = {
+        "TOPOLOGY_APP_URL": url,
+        "TOPOLOGY_APP_TABLE": table,
+        "TOPOLOGY_APP_LOG": str(workdir / "app.log"),
+        "TOPOLOGY_APP_ENGINE": engine,
+    }
     return [
         start_gunicorn(
             "tests.servers.topology_app:app",
@@ -367,6 +381,22 @@ class Client:
             answer = response.json()
             self.answers.append(answer[self.value])
             self.pids.add(answer["pid"])
+
+
+@contextmanager
+def cpu_load(limit: float = 300) -> Iterator[None]:
+    """A CPU-heavy process beside the test (a busy loop that ends by itself after ``limit`` s)."""
+    burner = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import time\nend = time.monotonic() + {limit}\nwhile time.monotonic() < end: pass",
+        ]
+    )
+    try:
+        yield
+    finally:
+        stop_process(burner)
 
 
 def run_clients(clients: Iterable[Client]) -> float:

@@ -39,5 +39,8 @@ class StoreUnavailable(StoreError):
     """The database could not be reached (even after one retry on a fresh connection)."""
 
 
-class ConcurrentUpdateError(StoreError):
-    """Other requests kept changing the same session while this one tried to save it."""
+class ConcurrentUpdateError(StoreUnavailable):
+    """Other requests kept changing the same session while this one tried to save it.
+
+    Retryable, like an outage: the answer is ``unavailable_status`` with ``Retry-After``.
+    """

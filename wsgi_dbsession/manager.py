@@ -14,7 +14,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from .cookies import SessionCookie, parse_secrets
-from .exceptions import SessionError, StoreUnavailable
+from .exceptions import ConcurrentUpdateError, SessionError, StoreUnavailable
 from .options import Options
 from .prune import PruneScheduler
 from .session import CookieUpdate, Session, SessionFactory
@@ -24,6 +24,11 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
 
 log = logging.getLogger(__name__)
+
+# Seconds a client is told to wait before retrying an unavailable_status answer:
+# an outage (a failover takes seconds), or a session other requests kept writing.
+RETRY_AFTER = 5
+RETRY_AFTER_CONFLICT = 1
 
 _warned_default_file = False
 
@@ -123,11 +128,13 @@ class SessionManager:
 
     def error_page(self, exc: SessionError) -> tuple[str, list[tuple[str, str]], bytes]:
         """Status, headers and body for a request whose session could not be loaded or saved."""
+        retry_after = None
         if isinstance(exc, StoreUnavailable):
             status, text = (
                 self.options.unavailable_status,
                 "The session store is unavailable; try again shortly.\n",
             )
+            retry_after = RETRY_AFTER_CONFLICT if isinstance(exc, ConcurrentUpdateError) else RETRY_AFTER
         else:
             status, text = 500, "The session could not be saved.\n"
         log.error("session error, answering %d", status, exc_info=exc)
@@ -137,6 +144,8 @@ class SessionManager:
             ("Content-Length", str(len(body))),
             ("Cache-Control", "no-store"),
         ]
+        if retry_after is not None:
+            headers.append(("Retry-After", str(retry_after)))
         return f"{status} {_reason(status)}", headers, body
 
     def close(self) -> None:

@@ -44,10 +44,12 @@ T = TypeVar("T")
 # Sees each statement's SQL and its parameters as the driver gets them.
 Observer = Callable[[str, Any], None]
 
-# A lost race is tried again this many times, after a random pause of up to
-# CONFLICT_PAUSE * 2**attempt seconds (at most MAX_CONFLICT_PAUSE), before it is
-# reported: about 2 s in all, enough for a cluster's writers to take turns.
-CONFLICT_RETRIES = 12
+# A lost race is tried again after a random pause of up to CONFLICT_PAUSE *
+# 2**attempt seconds (at most MAX_CONFLICT_PAUSE) until CONFLICT_BUDGET seconds
+# have passed since the first try; then it is reported as ConcurrentUpdateError,
+# an unavailable_status answer with Retry-After. A budget in time, not in tries:
+# on a loaded machine a cluster's writers need longer turns, not more of them.
+CONFLICT_BUDGET = 5.0  # seconds
 CONFLICT_PAUSE = 0.002  # seconds
 MAX_CONFLICT_PAUSE = 0.25  # seconds
 
@@ -232,8 +234,10 @@ class StatementRunner:
 
         def attempt() -> T:
             with self.engine.connect() as conn:
+                # Asked before ``work``, which may switch the connection to autocommit (transaction()).
+                commit = self._needs_commit(conn.connection.dbapi_connection)
                 result = work(conn)
-                if self._needs_commit(conn.connection.dbapi_connection):
+                if commit:
                     conn.commit()
                 return result
 
@@ -250,6 +254,7 @@ class StatementRunner:
         self._forget_inherited_pool()
         conflicts = 0
         reconnected = False
+        deadline = None
         while True:
             try:
                 return attempt()
@@ -258,16 +263,20 @@ class StatementRunner:
                     log.info("session store connection was lost; retrying on a fresh one")
                     reconnected = True
                     continue
-                if self.dialect.is_conflict(exc) and conflicts < CONFLICT_RETRIES:
-                    conflicts += 1
-                    log.debug("a session statement lost a race (%s); trying again", exc.orig)
-                    time.sleep(random.uniform(0, min(MAX_CONFLICT_PAUSE, CONFLICT_PAUSE * 2**conflicts)))
-                    continue
-                if self.dialect.is_conflict(exc):
+                if not self.dialect.is_conflict(exc):
+                    raise store_error(exc, self.dialect) from exc
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + CONFLICT_BUDGET
+                pause = random.uniform(0, min(MAX_CONFLICT_PAUSE, CONFLICT_PAUSE * 2**conflicts))
+                if now + pause > deadline:
                     raise ConcurrentUpdateError(
-                        f"the session kept losing to concurrent writers ({exc.orig!r}); try the request again"
+                        f"the session kept losing to concurrent writers for {CONFLICT_BUDGET:g} s "
+                        f"({conflicts + 1} tries, last: {exc.orig!r}); try the request again"
                     ) from exc
-                raise store_error(exc, self.dialect) from exc
+                conflicts += 1
+                log.debug("a session statement lost a race (%s); trying again", exc.orig)
+                time.sleep(pause)
             except sa.exc.TimeoutError as exc:  # the pool stayed exhausted for pool_timeout
                 raise StoreUnavailable(f"no session database connection became free: {exc}") from exc
 
@@ -290,9 +299,12 @@ def transaction(conn: Connection, begin_sql: str) -> Iterator[Connection]:
     (``begin_sql``, ``COMMIT``): SQLAlchemy's would be a no-op there.
     """
     if not _autocommit(conn):
-        with conn.begin():
-            yield conn
-        return
+        # An engine built without autocommit (the user's own): its transactions
+        # may be the driver's, and pysqlite's deferred BEGIN comes only before
+        # the first write, so the locking read would run outside it and two
+        # writers would both read the old row. Autocommit for this use (the
+        # pool restores the engine's level on return) and the database's BEGIN.
+        conn.execution_options(isolation_level="AUTOCOMMIT")
     conn.exec_driver_sql(begin_sql)
     try:
         yield conn

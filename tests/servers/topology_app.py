@@ -3,6 +3,8 @@
 Configured by environment variables:
 
 - ``TOPOLOGY_APP_URL``, ``TOPOLOGY_APP_TABLE``: the sessions table;
+- ``TOPOLOGY_APP_ENGINE=user``: the app passes ``engine=sqlalchemy.create_engine(url)``
+  (SQLAlchemy's defaults, as a user's own engine) instead of ``url=``;
 - ``TOPOLOGY_APP_INTERVAL``: ``cleanup_interval`` in seconds (0, the default: no prune job);
 - ``TOPOLOGY_APP_LOG``: a file every process appends the package's log lines to
   (tests/topology.py's ``LOG_FORMAT``, DEBUG and up), one write per line;
@@ -26,8 +28,11 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+import sqlalchemy as sa
+
 from conftest import SECRET
 from wsgi_dbsession import SessionMiddleware
+from wsgi_dbsession.store import normalize_url
 
 if os.environ.get("TOPOLOGY_APP_LOG"):
     _handler = logging.FileHandler(os.environ["TOPOLOGY_APP_LOG"])
@@ -57,10 +62,19 @@ def _app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
     return [payload]
 
 
+# TOPOLOGY_APP_ENGINE=user: an engine built as a user would, with plain
+# sqlalchemy.create_engine() and its defaults, instead of the package's url=.
+_url = os.environ["TOPOLOGY_APP_URL"]
+_engine = (
+    {"engine": sa.create_engine(normalize_url(_url))}
+    if os.environ.get("TOPOLOGY_APP_ENGINE") == "user"
+    else {"url": _url}
+)
+
 app = SessionMiddleware(
     _app,
     secret=SECRET,
-    url=os.environ["TOPOLOGY_APP_URL"],
+    **_engine,
     table_name=os.environ["TOPOLOGY_APP_TABLE"],
     cleanup_interval=float(os.environ.get("TOPOLOGY_APP_INTERVAL", "0")),
 )
