@@ -61,6 +61,22 @@ def test_an_expired_row_is_never_returned(store: SessionStore) -> None:
     assert store.count(expired=True, now=now) == 1
 
 
+def test_a_session_never_loads_after_its_expiry_even_within_its_last_second(store: SessionStore) -> None:
+    """On a whole-second column (MySQL/MariaDB DATETIME) too: up to a second early, never late.
+
+    The expiry here ends at .7 of a second: stored as that second, it loaded
+    until the next one began when ``now`` was rounded down as well.
+    """
+    sid = generate_sid()
+    expires = at(3600) + dt.timedelta(milliseconds=700)
+    store.set(sid, {"x": 1}, expires)
+    after = expires + dt.timedelta(milliseconds=100)
+    assert store.load(sid, after) is None
+    assert (store.count(now=after), store.count(expired=True, now=after)) == (0, 1)
+    assert store.load(sid, expires - dt.timedelta(seconds=1)) is not None, "live a second before its end"
+    assert store.prune(after) == 1, "what no longer loads is pruned"
+
+
 def test_naive_expiry_is_refused_rather_than_read_as_local_time(store: SessionStore) -> None:
     naive = dt.datetime.now(UTC).replace(tzinfo=None) + dt.timedelta(hours=1)
     with pytest.raises(sa.exc.StatementError, match="timezone-aware"):

@@ -167,6 +167,13 @@ class SessionDialect:
         naive = value.replace(tzinfo=None)
         return naive.replace(microsecond=naive.microsecond // 1000 * 1000)
 
+    def live_at(self, now: dt.datetime) -> dt.datetime:
+        """``now`` as the live check (``expired >= :now``) and the prune compare it with a stored expiry.
+
+        A column that keeps the stored expiry exactly takes ``now`` as it is.
+        """
+        return now
+
     def sess_text(self, column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
         """The ``sess`` column as its exact stored text."""
         return column
@@ -438,6 +445,14 @@ class MySQL(SessionDialect):
         # DATETIME keeps whole seconds; MySQL would round, MariaDB truncate:
         # truncate here so both store the same second knex would.
         return value.replace(tzinfo=None, microsecond=0)
+
+    def live_at(self, now: dt.datetime) -> dt.datetime:
+        # The stored second is the expiry rounded down: compared with ``now``
+        # rounded down too, a session would load for up to a second after it
+        # ended. Rounded up, it ends up to a second early, never late.
+        if now.microsecond == 0:
+            return now
+        return now.replace(microsecond=0) + dt.timedelta(seconds=1)
 
     def sess_equals(
         self, column: sa.ColumnElement[Any], value: sa.BindParameter[Any]

@@ -335,7 +335,7 @@ class SessionStore:
 
     def load(self, sid: str, now: dt.datetime | None = None) -> StoredSession | None:
         """The live row for ``sid``; an expired row is never returned."""
-        row = self.runner.first(self._select, {"sid": sid, "now": now or utcnow()})
+        row = self.runner.first(self._select, {"sid": sid, "now": self._live_at(now)})
         return None if row is None else StoredSession(row[0], row[1])
 
     def write(self, sid: str, text: str, expires: dt.datetime) -> None:
@@ -362,7 +362,7 @@ class SessionStore:
 
         def work(conn: Connection) -> bool:
             with transaction(conn, dialect.begin_sql):
-                current = conn.execute(select, {"sid": sid, "now": now}).scalar()
+                current = conn.execute(select, {"sid": sid, "now": self._live_at(now)}).scalar()
                 if current is None:
                     return False
                 text, expires = rewrite(current)
@@ -375,6 +375,10 @@ class SessionStore:
         """Move a row to a new id with new contents, atomically (session regeneration)."""
         params = {"old_sid": old_sid, "new_sid": new_sid, "sess": text, "expired": expires}
         return self.runner.rowcount(self._rename, params) == 1
+
+    def _live_at(self, now: dt.datetime | None) -> dt.datetime:
+        """``now`` (default: the clock) as every live check and prune of this store compares it."""
+        return self.dialect.live_at(now or utcnow())
 
     # -- the public store API ------------------------------------------------
 
@@ -415,7 +419,7 @@ class SessionStore:
         if batch_size < 1:
             raise ConfigurationError("the prune batch size must be at least 1 row")
         stmt = self.dialect.batch_delete(self.columns, batch_size)
-        params = {"now": now or utcnow()}
+        params = {"now": self._live_at(now)}
         while True:
             deleted = self.runner.run(lambda conn: int(conn.execute(stmt, params).rowcount))
             yield deleted
@@ -428,7 +432,7 @@ class SessionStore:
         bound = sa.bindparam("now", type_=ExpiryTimestamp())
         condition = column < bound if expired else column >= bound
         stmt = sa.select(sa.func.count()).select_from(self.table).where(condition)
-        return int(self.runner.run(lambda conn: conn.execute(stmt, {"now": now or utcnow()}).scalar_one()))
+        return int(self.runner.run(lambda conn: conn.execute(stmt, {"now": self._live_at(now)}).scalar_one()))
 
     def stats(self, now: dt.datetime | None = None) -> SessionStats:
         """How many rows are live and how many expired, at ``now``."""
@@ -464,7 +468,7 @@ class SessionStore:
             .where(columns.expired >= sa.bindparam("now", type_=ExpiryTimestamp()))
             .order_by(columns.expired.desc())
         )
-        params = {"user": str(user), "now": now or utcnow()}
+        params = {"user": str(user), "now": self._live_at(now)}
         rows = self.runner.run(lambda conn: conn.execute(stmt, params).all())
         return [self._user_session(sid, text, expires) for sid, text, expires in rows]
 
