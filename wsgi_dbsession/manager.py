@@ -108,7 +108,11 @@ class SessionManager:
         try:
             session.save(secure=self.secure(environ), headers_sent=True)
         except Exception:
-            log.exception("a session change made after the response started could not be saved")
+            log.exception(
+                "a session change made after the response started was not saved (the client already "
+                "has its answer); change the session before start_response (in a generator body: "
+                "before its first yield), where a failed save is an error page instead"
+            )
 
     def secure(self, environ: WSGIEnvironment) -> bool:
         """Whether this request's cookie carries the Secure flag."""

@@ -321,8 +321,11 @@ class Session(MutableMapping[str, Any]):
         row = self._row
         if row is None:
             if headers_sent and self._data:
-                log.warning(
-                    "a session created after the response started was not stored: no cookie could carry it"
+                log.error(
+                    "a new session first used after the response started was not stored (keys %s): "
+                    "no cookie could carry its id; use the session before start_response "
+                    "(in a generator body: before its first yield)",
+                    sorted(self._data),
                 )
                 return None
             return self._save_new(utcnow(), secure)
