@@ -154,6 +154,47 @@ PLANTED = [
         ),
         "shutdown waits for a whole prune",
     ),
+    # Issue 22's three, which no test caught when they were planted.
+    Planted(
+        "saved-session-forgets-held-values",
+        "session.py",
+        "        self._snapshots = {\n"
+        "            key: self._dumps({key: value})\n"
+        "            for key, value in self._data.items()\n"
+        "            if not isinstance(value, _IMMUTABLE)\n"
+        "        }\n",
+        "        self._snapshots = {}\n",
+        (
+            "tests/test_session.py::"
+            "test_a_value_read_before_an_explicit_save_and_changed_after_it_is_saved[sqlite]",
+            "tests/test_session.py::"
+            "test_a_value_read_before_start_response_and_changed_after_a_write_is_saved[sqlite]",
+        ),
+        "an append after save() or after start_response is lost",
+    ),
+    Planted(
+        "failed-prune-keeps-the-lease",
+        "prune.py",
+        "    try:\n        return prune_held(store, lease, batch_size=batch_size)\n"
+        "    finally:\n        lease.release()\n",
+        "    deleted = prune_held(store, lease, batch_size=batch_size)\n"
+        "    lease.release()\n    return deleted\n",
+        ("tests/test_prune_once.py::test_a_failed_prune_gives_its_lease_back[sqlite-core]",),
+        "a retry right after a failed CLI prune is told another process holds the lease",
+    ),
+    Planted(
+        "prune-command-ignores-batch-size",
+        "cli.py",
+        "prune_once(store, batch_size=args.batch_size)",
+        "prune_once(store)",
+        (
+            "tests/test_prune_once.py::"
+            "test_the_prune_command_deletes_in_batches_of_the_size_given[sqlite-core]",
+            "tests/test_prune_once.py::"
+            "test_the_flask_prune_command_deletes_in_batches_of_the_size_given[sqlite-core]",
+        ),
+        "--batch-size N is ignored: one long DELETE holds up live requests",
+    ),
 ]
 
 

@@ -407,3 +407,39 @@ def test_a_lone_surrogate_is_a_500_naming_the_key(
     app, _ = make_app(app_doing(lambda s: s.update(bad="\ud800")))
     app.get("/", status=500)
     assert "session['bad']" in caplog.text
+
+
+def test_a_value_read_before_an_explicit_save_and_changed_after_it_is_saved(make_app: MakeApp) -> None:
+    """``save()`` mid-request (a Beaker habit) keeps watching the values the app holds."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        session = environ["dbsession"]
+        if environ["PATH_INFO"] == "/buy":
+            cart = session.setdefault("cart", ["a"])
+            session.save()
+            cart.append("b")
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps(session.get("cart")).encode()]
+
+    client, _ = make_app(app)
+    assert client.get("/buy").json == ["a", "b"]
+    assert client.get("/").json == ["a", "b"], "the append after save() was saved"
+    assert client.get("/buy").json == ["a", "b", "b"]
+    assert client.get("/").json == ["a", "b", "b"]
+
+
+def test_a_value_read_before_start_response_and_changed_after_a_write_is_saved(make_app: MakeApp) -> None:
+    """The save in start_response wrote the session; a change in place after it is written too."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        session = environ["dbsession"]
+        cart = session.setdefault("cart", [])
+        session["visits"] = session.get("visits", 0) + 1  # so start_response writes
+        start_response("200 OK", [("Content-Type", "application/json")])
+        cart.append(session["visits"])
+        return [json.dumps(session["cart"]).encode()]
+
+    client, _ = make_app(app)
+    assert client.get("/").json == [1]
+    assert client.get("/").json == [1, 2]
+    assert client.get("/").json == [1, 2, 3], "the appends after start_response were saved"

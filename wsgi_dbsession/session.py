@@ -421,8 +421,13 @@ class Session(MutableMapping[str, Any]):
     def _mark_saved(self, sid: str, text: str, expires: dt.datetime) -> None:
         self._row = StoredRow(sid, text, expires, self._record.max_age)
         self._changed = False
-        data = self._data
-        self._snapshots = {key: self._dumps({key: data[key]}) for key in self._snapshots if key in data}
+        # Every value the app may still hold and change in place, not only those
+        # it read: one it set (or got from setdefault) is as much in its hands.
+        self._snapshots = {
+            key: self._dumps({key: value})
+            for key, value in self._data.items()
+            if not isinstance(value, _IMMUTABLE)
+        }
 
     def _changed_in_place(self) -> bool:
         data = self._data
