@@ -127,8 +127,11 @@ def test_the_prune_lease_is_plain_rows_taken_by_one_conditional_update(offline_s
         "WHERE app.[My-Sessions_lease].name = %(lease)s AND (app.[My-Sessions_lease].holder = %(me)s "
         "OR app.[My-Sessions_lease].expires < %(now)s)"
     )
-    assert sql(lease._insert, offline_store) == (
-        "INSERT INTO app.[My-Sessions_lease] (name, holder, expires) VALUES (%(lease)s, %(me)s, %(until)s)"
+    # Taken when absent by a MERGE that never fails on the server (a WHERE NOT EXISTS insert can).
+    assert sql(lease._insert_if_absent, offline_store) == (
+        "MERGE INTO app.[My-Sessions_lease] WITH (HOLDLOCK) AS t USING (SELECT %(lease)s AS name, "
+        "%(me)s AS holder, %(until)s AS expires) AS s ON t.name = s.name WHEN NOT MATCHED THEN "
+        "INSERT (name, holder, expires) VALUES (s.name, s.holder, s.expires);"
     )
     assert sql(lease._release, offline_store) == (
         "DELETE FROM app.[My-Sessions_lease] WHERE app.[My-Sessions_lease].name = %(lease)s "

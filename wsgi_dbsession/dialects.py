@@ -217,6 +217,17 @@ class SessionDialect:
         except IntegrityError:
             conn.execute(update)
 
+    def insert_if_absent(
+        self, table: sa.Table, values: dict[str, sa.BindParameter[Any]]
+    ) -> sa.Executable | None:
+        """An INSERT of one row that adds nothing, and raises nothing on the server, when its key exists.
+
+        For rows many processes try to add at once (the prune lease): a
+        duplicate-key error each time would fill the server's log. None
+        where the database has no such statement (the caller catches the error).
+        """
+        return None
+
     def lock_row(self, select: sa.Select[Any], table: sa.Table) -> sa.Select[Any]:
         """``select`` (from ``table``) taking a write lock on its row until the transaction ends."""
         return select.with_for_update()
@@ -368,6 +379,11 @@ class PostgreSQL(SessionDialect):
     def upsert(self, columns: SessionColumns) -> Any:
         return _on_conflict_upsert(postgresql.insert, columns)
 
+    def insert_if_absent(
+        self, table: sa.Table, values: dict[str, sa.BindParameter[Any]]
+    ) -> sa.Executable | None:
+        return postgresql.insert(table).values(values).on_conflict_do_nothing()
+
     def create_table(self, conn: Connection, table: sa.Table) -> None:
         # Two CREATE … IF NOT EXISTS at once can collide in the catalog; a
         # transaction-scoped lock serializes them and, unlike a session
@@ -471,6 +487,13 @@ class MySQL(SessionDialect):
         return stmt.on_duplicate_key_update(
             {columns.sess: stmt.inserted.sess, columns.expired: stmt.inserted.expired}
         )
+
+    def insert_if_absent(
+        self, table: sa.Table, values: dict[str, sa.BindParameter[Any]]
+    ) -> sa.Executable | None:
+        # IGNORE also turns a value the column refuses into a warning: the
+        # callers insert only values of their own making.
+        return sa.insert(table).values(values).prefix_with("IGNORE")
 
     def batch_delete(self, columns: SessionColumns, batch_size: int) -> sa.Executable:
         # MySQL refuses LIMIT in an IN subquery but takes it on DELETE.
@@ -580,6 +603,24 @@ class MSSQL(SessionDialect):
             sa.bindparam("expired", type_=ExpiryTimestamp()),
         )
 
+    def insert_if_absent(
+        self, table: sa.Table, values: dict[str, sa.BindParameter[Any]]
+    ) -> sa.Executable | None:
+        # A WHERE NOT EXISTS insert still raises under a race; MERGE with HOLDLOCK does not.
+        preparer = self.sa_dialect.identifier_preparer
+        (key,) = table.primary_key.columns
+        names = [preparer.quote(name) for name in values]
+        source = ", ".join(
+            f":{bind.key} AS {quoted}" for bind, quoted in zip(values.values(), names, strict=True)
+        )
+        sql = (
+            f"MERGE INTO {preparer.format_table(table)} WITH (HOLDLOCK) AS t "  # noqa: S608
+            f"USING (SELECT {source}) AS s ON t.{preparer.quote(key.name)} = s.{preparer.quote(key.name)} "
+            f"WHEN NOT MATCHED THEN INSERT ({', '.join(names)}) "
+            f"VALUES ({', '.join(f's.{quoted}' for quoted in names)});"
+        )
+        return sa.text(sql).bindparams(*values.values())
+
     def lock_row(self, select: sa.Select[Any], table: sa.Table) -> sa.Select[Any]:
         # SQLAlchemy renders no FOR UPDATE for MSSQL: the table hint is its row lock.
         return select.with_hint(table, "WITH (UPDLOCK, ROWLOCK)", "mssql")
@@ -645,6 +686,11 @@ class SQLite(SessionDialect):
 
     def upsert(self, columns: SessionColumns) -> Any:
         return _on_conflict_upsert(sqlite.insert, columns)
+
+    def insert_if_absent(
+        self, table: sa.Table, values: dict[str, sa.BindParameter[Any]]
+    ) -> sa.Executable | None:
+        return sqlite.insert(table).values(values).on_conflict_do_nothing()
 
     def lock_row(self, select: sa.Select[Any], table: sa.Table) -> sa.Select[Any]:
         return select  # BEGIN IMMEDIATE holds the database's write lock already

@@ -45,6 +45,7 @@ from .store import PRUNE_BATCH_SIZE, SessionStore, utcnow
 log = logging.getLogger(__name__)
 
 LEASE_TABLE_SUFFIX = "_lease"
+_ROWCOUNT = {"preserve_rowcount": True}
 MIN_LEASE = 30.0  # seconds: the shortest hold, longer than any one batch
 _EXECUTOR = "wsgi_dbsession"
 # APScheduler logs two INFO lines per run of a job, and three when its
@@ -83,7 +84,11 @@ class PruneLease:
             .where((c.holder == me) | (c.expires < sa.bindparam("now", type_=ExpiryTimestamp())))
             .values(holder=me, expires=until)
         )
-        self._insert = sa.insert(self.table).values(name=lease, holder=me, expires=until)
+        values: dict[str, sa.BindParameter[Any]] = {"name": lease, "holder": me, "expires": until}
+        # Taken by a statement that fails on no server when another process
+        # holds it (a duplicate-key ERROR line per try would fill the log).
+        self._insert_if_absent = store.dialect.insert_if_absent(self.table, values)
+        self._insert = sa.insert(self.table).values(values)
         self._release = sa.delete(self.table).where(c.name == lease, c.holder == me)
         self._ready = False
         self._pid = 0
@@ -120,6 +125,10 @@ class PruneLease:
         def take(conn: Connection) -> bool:
             if conn.execute(self._take, params).rowcount == 1:
                 return True
+            if self._insert_if_absent is not None:
+                # Core keeps an INSERT's row count only when asked to.
+                inserted = conn.execute(self._insert_if_absent, params, execution_options=_ROWCOUNT)
+                return inserted.rowcount == 1
             try:
                 conn.execute(self._insert, params)
             except IntegrityError:  # another process inserted it first: it holds the lease
