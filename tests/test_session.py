@@ -443,3 +443,17 @@ def test_a_value_read_before_start_response_and_changed_after_a_write_is_saved(m
     assert client.get("/").json == [1]
     assert client.get("/").json == [1, 2]
     assert client.get("/").json == [1, 2, 3], "the appends after start_response were saved"
+
+
+def test_a_new_session_left_empty_is_not_stored_and_sets_no_cookie(make_app: MakeApp) -> None:
+    """express-session's saveUninitialized=false: a session the app only looked at costs no row."""
+
+    def action(session: Any) -> Any:
+        session["draft"] = 1
+        del session["draft"]
+        return session.get("draft")
+
+    app, middleware = make_app(app_doing(action))
+    response = app.get("/")
+    assert set_cookies(response) == []
+    assert middleware.store.count() == 0
