@@ -284,6 +284,14 @@ class SessionDialect:
         """Whether the server refused the configuration (credentials, database name): no retry helps."""
         return False
 
+    def missing_schema(self, exc: DBAPIError) -> str | None:
+        """The schema (database, on MySQL; attached database, on SQLite) the error says does not exist."""
+        return None
+
+    def is_missing_table(self, exc: DBAPIError) -> bool:
+        """Whether the error is a missing table that the driver reports as it would an outage."""
+        return False
+
     # -- engines ----------------------------------------------------------------
 
     @classmethod
@@ -413,6 +421,11 @@ class PostgreSQL(SessionDialect):
                 {"key": lock_key(f"wsgi_dbsession create {table.fullname}")},
             )
             super().create_user_index(conn, table, path)
+
+    def missing_schema(self, exc: DBAPIError) -> str | None:
+        if getattr(exc.orig, "sqlstate", None) != "3F000":  # invalid_schema_name
+            return None
+        return _quoted(str(exc.orig), '"')
 
     def is_misconfiguration(self, exc: DBAPIError) -> bool:
         # At connect, psycopg gives the server's FATAL text and no sqlstate.
@@ -550,6 +563,10 @@ class MySQL(SessionDialect):
     def is_misconfiguration(self, exc: DBAPIError) -> bool:
         return _error_code(exc) in self.misconfiguration_codes
 
+    def missing_schema(self, exc: DBAPIError) -> str | None:
+        # 1049 "Unknown database 'x'": the URL's database, or the table's schema (the caller tells).
+        return _quoted(str(exc.orig), "'") if _error_code(exc) == 1049 else None
+
     @classmethod
     def engine_options(cls, url: URL) -> dict[str, Any]:
         return {**super().engine_options(url), "pool_recycle": 3600}  # below wait_timeout's 8 hours
@@ -664,6 +681,10 @@ class MSSQL(SessionDialect):
             f"CREATE INDEX {name} ON {target} ({column})",
         ]
 
+    def missing_schema(self, exc: DBAPIError) -> str | None:
+        # 2760: "The specified schema name "x" either does not exist or you do not have permission".
+        return _quoted(str(exc.orig), '"') if _error_code(exc) == 2760 else None
+
     def is_misconfiguration(self, exc: DBAPIError) -> bool:
         # 18456: login failed; 4060: cannot open the database. pymssql may nest (code, text) at connect.
         code = _error_code(exc)
@@ -717,6 +738,16 @@ class SQLite(SessionDialect):
     def is_misconfiguration(self, exc: DBAPIError) -> bool:
         return "unable to open database file" in str(exc.orig)
 
+    def is_missing_table(self, exc: DBAPIError) -> bool:
+        # An OperationalError, as "database is locked" is: a mistake all the same.
+        return str(exc.orig).startswith("no such table")
+
+    def missing_schema(self, exc: DBAPIError) -> str | None:
+        # A schema is an attached database here: "unknown database x" when none is attached as x.
+        text = str(exc.orig)
+        prefix = "unknown database "
+        return text[len(prefix) :].strip() or "?" if text.startswith(prefix) else None
+
     @classmethod
     def database_file(cls, url: URL) -> str | None:
         if url.query.get("uri") == "true" or url.database in (None, "", ":memory:"):
@@ -759,6 +790,12 @@ def _user_column(dialect: SessionDialect, path: str) -> sa.ColumnElement[Any]:
     """The indexed column that holds the user id, where the database keeps it as a column."""
     user_path(path)
     return sa.literal_column(dialect.sa_dialect.identifier_preparer.quote(USER_COLUMN), sa.Unicode())
+
+
+def _quoted(text: str, quote: str) -> str:
+    """The first name between ``quote`` marks in a server's message ("?" when there is none)."""
+    parts = text.split(quote)
+    return parts[1] if len(parts) > 2 else "?"
 
 
 def _error_code(exc: DBAPIError) -> Any:

@@ -264,7 +264,7 @@ class StatementRunner:
                     reconnected = True
                     continue
                 if not self.dialect.is_conflict(exc):
-                    raise store_error(exc, self.dialect) from exc
+                    raise store_error(exc, self.dialect, self.engine.url.database) from exc
                 now = time.monotonic()
                 if deadline is None:
                     deadline = now + CONFLICT_BUDGET
@@ -351,15 +351,30 @@ def _cursor(pooled: Any) -> Any:
     return cursor
 
 
-def store_error(exc: DBAPIError, dialect: SessionDialect | None = None) -> StoreError:
+def store_error(
+    exc: DBAPIError, dialect: SessionDialect | None = None, url_database: str | None = None
+) -> StoreError:
     """The package's error for a driver error that reached the store's boundary.
 
-    A server that refuses the configuration (credentials, database name) is
-    a :class:`StoreError`, not an outage: retrying never helps, so it is a
-    500 whose message says which, not an endless 503.
+    A server that refuses the configuration (credentials, database name, a
+    schema it does not have) is a :class:`StoreError`, not an outage:
+    retrying never helps, so it is a 500 whose message says which, not an
+    endless 503. ``url_database`` tells the URL's database from the table's
+    schema where one error names both (MySQL's "Unknown database").
     """
+    schema = dialect.missing_schema(exc) if dialect is not None else None
+    if schema is not None and schema != url_database:
+        return StoreError(
+            f"the session table's schema {schema!r} does not exist; create it, or correct "
+            f"table_name ('schema.table') or schema ({exc.orig})"
+        )
     if dialect is not None and dialect.is_misconfiguration(exc):
         return StoreError(_misconfiguration(exc))
+    if dialect is not None and dialect.is_missing_table(exc):
+        return StoreError(
+            f"the session table does not exist ({exc.orig}); create it (wsgi-dbsession create-table), "
+            "or leave create_table on"
+        )
     if exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError)):
         return StoreUnavailable(f"the session database is unavailable: {exc.orig!r}")
     return StoreError(f"the session table could not be used: {exc.orig!r}")

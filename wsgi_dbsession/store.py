@@ -209,7 +209,12 @@ class SessionStore:
     ) -> None:
         if url is not None and engine is not None:
             raise ConfigurationError("give url or engine, not both")
-        if schema is None and "." in table_name:
+        if "." in table_name:
+            if schema is not None:
+                raise ConfigurationError(
+                    f"table_name {table_name!r} names a schema and schema={schema!r} another: "
+                    "give the schema in one of them"
+                )
             schema, table_name = table_name.split(".", 1)
         if not table_name or not sid_column:
             raise ConfigurationError("table_name and sid_column must not be empty")
