@@ -7,7 +7,13 @@ strings: ``dbsession.secret``, ``dbsession.url``, ``dbsession.max_age =
 a Pyramid ``ISession``. Pyramid's default CSRF storage keeps its token in it.
 
 The session is opened on the first use of ``request.session`` and saved by
-a response callback, before the response leaves Pyramid. When the app is
+a response callback, before the response leaves Pyramid. A database outage
+(:class:`~wsgi_dbsession.exceptions.StoreUnavailable`) is answered with
+``unavailable_status`` and ``Retry-After``: when a view loads the session,
+by a tween over Pyramid's exception views (so an exception view the app
+registers for it answers first, its own way); when the response callback
+saves it, by that callback, which turns the response into the error page
+(no exception view sees an error raised there). When the app is
 also wrapped by a SessionMiddleware with the same ``environ_key``,
 ``request.session`` is that middleware's session (the very same object) and
 the middleware saves it.
@@ -16,12 +22,15 @@ the middleware saves it.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from pyramid.interfaces import ISession, ISessionFactory
+from pyramid.response import Response
+from pyramid.tweens import EXCVIEW
 from zope.interface import classImplements, implementer
 
+from .exceptions import StoreUnavailable
 from .manager import SessionManager
 from .middleware import cache_headers
 from .session import Session
@@ -29,8 +38,8 @@ from .settings import parse_settings
 
 if TYPE_CHECKING:
     from pyramid.config import Configurator
+    from pyramid.registry import Registry
     from pyramid.request import Request
-    from pyramid.response import Response
 
 SETTINGS_PREFIX = "dbsession."
 
@@ -39,8 +48,29 @@ classImplements(Session, ISession)
 
 
 def includeme(config: Configurator) -> None:
-    """Install the session factory configured by the ``dbsession.*`` settings."""
+    """Install the session factory configured by the ``dbsession.*`` settings, and the outage tween."""
     config.set_session_factory(session_factory_from_settings(config.get_settings()))
+    config.add_tween("wsgi_dbsession.pyramid.outage_tween_factory", over=EXCVIEW)
+
+
+def outage_tween_factory(handler: Callable[[Request], Response], registry: Registry) -> Callable[..., Any]:
+    """A tween answering an outage no exception view of the app answered with ``unavailable_status``."""
+
+    def outage_tween(request: Request) -> Response:
+        try:
+            return handler(request)
+        except StoreUnavailable as exc:
+            factory = registry.queryUtility(ISessionFactory)
+            if not isinstance(factory, DBSessionFactory):
+                raise
+            return _error_response(factory.manager, exc)
+
+    return outage_tween
+
+
+def _error_response(manager: SessionManager, exc: StoreUnavailable) -> Response:
+    status, headers, body = manager.error_page(exc)
+    return Response(status=status, headerlist=headers, body=body)
 
 
 def session_factory_from_settings(settings: Mapping[str, Any]) -> DBSessionFactory:
@@ -72,7 +102,15 @@ class DBSessionFactory:
         return session
 
     def _save(self, session: Session, request: Request, response: Response) -> None:
-        cookies = self.manager.save_session(session, request.environ)
+        try:
+            cookies = self.manager.save_session(session, request.environ)
+        except StoreUnavailable as exc:
+            # Too late for a tween or an exception view: the response becomes the error page.
+            page = _error_response(self.manager, exc)
+            response.status = page.status
+            response.headerlist[:] = page.headerlist
+            response.app_iter = page.app_iter
+            return
         response.headerlist[:] = cache_headers(response.headerlist, set_cookie=bool(cookies))
         response.headerlist.extend(cookies)
 
