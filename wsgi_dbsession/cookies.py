@@ -71,15 +71,20 @@ def sign(sid: str, secret: str | bytes) -> str:
 
 def unsign(value: str, secrets: Sequence[bytes]) -> str | None:
     """The session id inside a signed value, or None when no secret verifies it."""
+    return _verify(value, secrets)[0]
+
+
+def _verify(value: str, secrets: Sequence[bytes]) -> tuple[str | None, int]:
+    """The session id inside a signed value and the position of the secret that verified it."""
     if not value.startswith("s:"):
-        return None
+        return None, -1
     sid, dot, signature = value[2:].rpartition(".")
     if not dot or not is_valid_sid(sid):
-        return None
-    for secret in secrets:
+        return None, -1
+    for position, secret in enumerate(secrets):
         if hmac.compare_digest(_signature(sid, secret), signature):
-            return sid
-    return None
+            return sid, position
+    return None, -1
 
 
 def encode_value(signed: str) -> str:
@@ -164,8 +169,14 @@ class SessionCookie:
 
     def read(self, cookie_header: str | None) -> str | None:
         """The verified session id in a ``Cookie`` header, or None. Never raises."""
+        return self.verify(cookie_header)[0]
+
+    def verify(self, cookie_header: str | None) -> tuple[str | None, bool]:
+        """The verified session id in a ``Cookie`` header (or None), and whether it is signed
+        with an older secret than the first: then the response should sign it again. Never raises.
+        """
         if not cookie_header or self.name not in cookie_header:
-            return None
+            return None, False
         tried = 0
         for part in cookie_header.split(";"):
             name, eq, value = part.partition("=")
@@ -175,9 +186,9 @@ class SessionCookie:
             if len(value) > 1 and value[0] == value[-1] == '"':
                 value = value[1:-1]
             decoded = _decode_uri_component(value)
-            sid = unsign(decoded, self.secrets) if decoded is not None else None
+            sid, position = _verify(decoded, self.secrets) if decoded is not None else (None, -1)
             if sid is not None:
-                return sid
+                return sid, position > 0
             tried += 1
             if tried >= _MAX_CANDIDATES:
                 break
@@ -188,7 +199,7 @@ class SessionCookie:
                 "configured, or a malformed value); the request gets a new session",
                 self.name,
             )
-        return None
+        return None, False
 
     def is_secure(self, url_scheme: str) -> bool:
         """Whether the cookie gets the Secure flag on a request with this scheme."""

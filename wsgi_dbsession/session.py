@@ -112,7 +112,7 @@ class Session(MutableMapping[str, Any]):
     def _load(self) -> None:
         factory = self._factory
         now = utcnow()
-        sid = factory.cookie.read(self._cookie_header)
+        sid, old_signature = factory.cookie.verify(self._cookie_header)
         try:
             stored = factory.store.load(sid, now) if sid is not None else None
         except StoreUnavailable as exc:
@@ -130,6 +130,11 @@ class Session(MutableMapping[str, Any]):
         self._record = record
         self._sid: str | None = sid
         self._row: StoredRow | None = StoredRow(sid, stored.text, stored.expires, record.max_age)
+        if old_signature:
+            # Signed with a secret being retired: the response carries the id signed with
+            # the first, so the old secret can go without logging anyone out. A header only.
+            remaining = max(1, int((stored.expires - now).total_seconds()))
+            self._cookie_update = CookieUpdate(sid, None if record.max_age is None else remaining)
         self._changed = False
         # Values handed to the app that it could change in place, as they
         # were serialized then: a nested change shows against them.
