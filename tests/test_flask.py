@@ -327,7 +327,7 @@ def test_options_come_from_dbsession_keys_then_flask_keys() -> None:
             r"SECRET_KEY_FALLBACKS\[0\] has 3 characters",
         ),
         ({"SECRET_KEY": b"\xff" * 40}, r"SECRET_KEY is bytes that are not UTF-8 text"),
-        ({"DBSESSION_SECRET": "dev"}, r"^DBSESSION_SECRET #0 has 3 characters"),
+        ({"DBSESSION_SECRET": "dev"}, r"^DBSESSION_SECRET has 3 characters"),
         (
             {"SECRET_KEY": SECRET, "DBSESSION_MAXAGE": 60},
             r"unknown setting 'DBSESSION_MAXAGE'; did you mean DBSESSION_MAX_AGE\?",

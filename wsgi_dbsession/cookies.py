@@ -103,11 +103,13 @@ def parse_secrets(secret: str | Sequence[str] | None) -> tuple[bytes, ...]:
     if not values:
         raise ConfigurationError("secret is an empty list: give at least one secret")
     for position, value in enumerate(values):
+        # One secret is "secret" (an adapter names its setting in its place); a list's are numbered.
+        name = "secret" if isinstance(secret, str) else f"secret #{position}"
         if not isinstance(value, str):
-            raise ConfigurationError(f"secret #{position} is not a string")
+            raise ConfigurationError(f"{name} is not a string")
         if len(value) < MIN_SECRET_LENGTH:
             raise ConfigurationError(
-                f"secret #{position} has {len(value)} characters; use at least "
+                f"{name} has {len(value)} characters; use at least "
                 f"{MIN_SECRET_LENGTH} random characters so the signature cannot be guessed"
             )
     return tuple(value.encode() for value in values)

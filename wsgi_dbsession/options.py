@@ -79,10 +79,24 @@ class Options:
 def _known(options: dict[str, Any]) -> dict[str, Any]:
     for name in options:
         if name not in option_types():
-            close = difflib.get_close_matches(name, option_types(), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            close = nearest_option(name)
+            hint = f"; did you mean {close!r}?" if close else ""
             raise ConfigurationError(f"unknown option {name!r}{hint}")
     return options
+
+
+def nearest_option(name: str) -> str | None:
+    """The option a misspelt ``name`` most likely meant, or None.
+
+    The cookie's attributes have no ``cookie_`` prefix here (``secure``, not
+    ``cookie_secure``, which spelling alone would take for ``cookie_name``).
+    """
+    known = option_types()
+    unprefixed = name.removeprefix("session_").removeprefix("cookie_")
+    if unprefixed in known:
+        return unprefixed
+    close = difflib.get_close_matches(name, known, n=1)
+    return close[0] if close else None
 
 
 def _positive(name: str, value: int | None, unit: str) -> None:

@@ -30,11 +30,11 @@ from pyramid.response import Response
 from pyramid.tweens import EXCVIEW
 from zope.interface import classImplements, implementer
 
-from .exceptions import StoreUnavailable
+from .exceptions import ConfigurationError, StoreUnavailable
 from .manager import SessionManager
 from .middleware import cache_headers
 from .session import Session
-from .settings import parse_settings
+from .settings import parse_settings, setting_message
 
 if TYPE_CHECKING:
     from pyramid.config import Configurator
@@ -75,7 +75,11 @@ def _error_response(manager: SessionManager, exc: StoreUnavailable) -> Response:
 
 def session_factory_from_settings(settings: Mapping[str, Any]) -> DBSessionFactory:
     """A session factory from Pyramid settings; only the ``dbsession.*`` ones are read."""
-    return DBSessionFactory(**parse_settings(settings, SETTINGS_PREFIX))
+    options = parse_settings(settings, SETTINGS_PREFIX)
+    try:
+        return DBSessionFactory(**options)
+    except ConfigurationError as exc:  # named as the app's settings name it
+        raise ConfigurationError(setting_message(str(exc), SETTINGS_PREFIX)) from None
 
 
 @implementer(ISessionFactory)

@@ -502,14 +502,39 @@ def _non_string_keys(value: Any) -> Iterator[Any]:
 
 
 def _explain(serializer: Any, data: dict[str, Any], exc: Exception) -> SerializationError:
-    """Name the top-level key whose value cannot be stored."""
+    """Name the value that cannot be stored by its path: ``session['a']['when'] holds a datetime``."""
     for key, value in data.items():
-        try:
-            serializer.dumps({key: value}).encode("utf-8")
-        except (TypeError, ValueError):
+        if not _storable(serializer, {key: value}):
+            path, bad = _refused(serializer, f"[{key!r}]", value)
             return SerializationError(
-                f"session[{key!r}] holds a {type(value).__name__} that the session serializer "
+                f"session{path} holds a {type(bad).__name__} that the session serializer "
                 f"cannot store ({exc}); store JSON types (str, int, float, bool, None, list, dict)",
                 key,
             )
     return SerializationError(f"the session cannot be serialized: {exc}")
+
+
+def _storable(serializer: Any, value: Any) -> bool:
+    try:
+        serializer.dumps(value).encode("utf-8")
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _refused(serializer: Any, path: str, value: Any) -> tuple[str, Any]:
+    """The innermost value inside ``value`` (at ``path``) that the serializer refuses, and its path."""
+    while True:
+        items = (
+            value.items()
+            if isinstance(value, dict)
+            else enumerate(value)
+            if isinstance(value, (list, tuple))
+            else ()
+        )
+        for key, item in items:
+            if not _storable(serializer, {"": item}):
+                path, value = f"{path}[{key!r}]", item
+                break
+        else:
+            return path, value

@@ -20,7 +20,6 @@ in order:
 from __future__ import annotations
 
 import collections.abc
-import difflib
 import inspect
 import pkgutil
 from collections.abc import Callable, Mapping
@@ -28,7 +27,7 @@ from typing import Any, get_origin
 
 from .exceptions import ConfigurationError
 from .options import members as option_members
-from .options import option_types
+from .options import nearest_option, option_types
 
 _TRUE = frozenset(("true", "yes", "on", "1"))
 _FALSE = frozenset(("false", "no", "off", "0"))
@@ -113,6 +112,12 @@ def coerce(name: str, value: Any, hint: Any) -> Any:
     raise ConfigurationError(f"{name} = {value!r} is not valid: expected {' or '.join(wanted)}")
 
 
+def setting_message(message: str, prefix: str) -> str:
+    """An option's error as its setting's: ``secret has 8 characters`` → ``dbsession.secret has …``."""
+    name, space, rest = message.partition(" ")
+    return f"{prefix}{name} {rest}" if space and prefix and name in option_types() else message
+
+
 def parse_settings(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """The keyword options from the settings whose names start with ``prefix``.
 
@@ -126,8 +131,8 @@ def parse_settings(settings: Mapping[str, Any], prefix: str = "") -> dict[str, A
             continue
         name = key[len(prefix) :]
         if name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+            close = nearest_option(name)
+            hint = f"; did you mean {prefix}{close}?" if close else ""
             raise ConfigurationError(f"unknown setting {key!r}{hint}")
         options[name] = coerce(key, value, known[name])
     return options
