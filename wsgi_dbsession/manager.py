@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _warned_default_file = False
+# Seconds an outage answer asks the client to wait: a restart or a failover takes about that.
+RETRY_AFTER = 5
 
 
 class SessionManager:
@@ -58,6 +60,7 @@ class SessionManager:
             secure=opts.secure,
             httponly=opts.httponly,
             samesite=opts.samesite,
+            partitioned=opts.partitioned,
         )
         self.factory = SessionFactory(
             store=self.store,
@@ -137,6 +140,8 @@ class SessionManager:
             ("Content-Length", str(len(body))),
             ("Cache-Control", "no-store"),
         ]
+        if isinstance(exc, StoreUnavailable):  # an outage: clients and proxies may retry
+            headers.append(("Retry-After", str(RETRY_AFTER)))
         return f"{status} {_reason(status)}", headers, body
 
     def close(self) -> None:
