@@ -750,6 +750,46 @@ def test_flask_dbsession_commands(db_url: str, table_name: str, tmp_path: Path) 
         store.dispose()
 
 
+def test_without_secret_key_the_app_starts_and_its_requests_are_refused(make_sqlite_flask: MakeFlask) -> None:
+    app = make_sqlite_flask(
+        SECRET_KEY=None, login=False, csrf=False
+    )  # as Flask's own session: no key, no session
+    assert app.test_client().get("/incr").status_code == 500
+    app.testing = True
+    with pytest.raises(ConfigurationError, match=r"set SECRET_KEY \(or DBSESSION_SECRET\)"):
+        app.test_client().get("/plain")
+    assert manager_of(app).store.count() == 0
+
+
+@pytest.mark.slow
+def test_flask_dbsession_commands_need_no_secret_key(db_url: str, table_name: str, tmp_path: Path) -> None:
+    # Issue 23 item 6: prune, stats and create-table sign nothing.
+    app = (
+        f"tests.flask_apps:build_app({{'DBSESSION_URL': {db_url!r}, 'DBSESSION_TABLE_NAME': {table_name!r}}})"
+    )
+    env = {name: value for name, value in os.environ.items() if not name.startswith("FLASK_")}
+    store = SessionStore(url=db_url, table_name=table_name, create_table=False)
+    try:
+        outputs = {}
+        for args in (["create-table"], ["stats", "--json"], ["prune"]):
+            result = subprocess.run(
+                [sys.executable, "-m", "flask", "--app", app, "dbsession", *args],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert result.returncode == 0, (args, result.stderr)
+            outputs[args[0]] = result.stdout
+        assert json.loads(outputs["stats"]) == {"table": table_name, "live": 0, "expired": 0}
+        assert outputs["prune"].startswith(f"deleted 0 expired sessions from {table_name!r}")
+    finally:
+        drop_table(store.engine, store.table)
+        store.dispose()
+
+
 def check_example(base: str) -> Browser:
     """Visits count; login needs the CSRF token, flashes a welcome and changes the id; logout ends it."""
     browser = Browser(base)
