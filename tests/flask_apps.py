@@ -53,12 +53,14 @@ def build_app(config: dict[str, Any], *, login: bool = True, csrf: bool = True) 
 
     @app.get("/flags")
     def flags() -> dict[str, Any]:
-        """Flask's session flags before and after what ``?do=`` asks: read, nested or nothing."""
+        """Flask's session flags before and after what ``?do=`` asks: read, nested, id or nothing."""
         before = {"accessed": session.accessed, "modified": session.modified}
         if request.args.get("do") == "read":
             session.get("cart")
         elif request.args.get("do") == "nested":
             session["cart"].append("more")
+        elif request.args.get("do") == "id":
+            assert session.sid  # type: ignore[attr-defined]
         after = {"accessed": session.accessed, "modified": session.modified, "new": session.new}
         return {"before": before, "after": after}
 

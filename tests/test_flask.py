@@ -699,6 +699,10 @@ def test_modified_accessed_and_new_mean_what_they_mean_in_flask(make_sqlite_flas
     # Flask 3.1: using flask.session at all is an access (and its answer varies on Cookie).
     assert fresh["before"] == {"accessed": True, "modified": False}
     assert fresh["after"] == {"accessed": True, "modified": False, "new": True}
+    # A new session's id, asked for and never stored: nothing is saved, nothing modified.
+    asked = client.get("/flags", query_string={"do": "id"})
+    assert asked.json["after"] == {"accessed": True, "modified": False, "new": True}
+    assert set_cookies(asked) == []
     client.get("/nested", query_string={"item": "book"})
     read = client.get("/flags", query_string={"do": "read"}).json
     assert read["after"] == {"accessed": True, "modified": False, "new": False}

@@ -138,6 +138,9 @@ class DBSession:
         """Read the app's configuration and install the session interface and the CLI group.
 
         Raises :class:`ConfigurationError` at once for a bad or unknown setting.
+        Without any secret (``SECRET_KEY``, ``DBSESSION_SECRET``) the app starts,
+        as with Flask's own session, and each request fails with a
+        ``ConfigurationError`` that says so; the ``flask dbsession`` commands work.
         ``app.extensions["dbsession"]`` is then the session manager: its
         ``store`` is the table, and ``close()`` stops the prune job and
         closes the pool at shutdown.
