@@ -632,6 +632,32 @@ def test_flask_values_come_back_as_flask_stores_them(make_flask: MakeFlask) -> N
     assert flashes == [("info", Markup("<b>saved</b>"))] and isinstance(flashes[0][1], Markup)
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"n": 1, "cart": ["a", "b"], "user": {"id": "7", "admin": False}, "none": None, "pi": 3.5},
+        {"tags": [(1, 2), [b"x", {"when": dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)}]]},
+        {"looks_tagged": {" t": [1, 2]}, "markup": {"m": Markup("<i>x</i>")}, "uuid": [uuid.UUID(int=5)]},
+        {"text": "caf\u00e9 \u2603", "empty": {}, "nested": [[[]]]},
+        {"only_plain_but_tag_like": {" t": [1, 2]}, "n": 1},
+    ],
+)
+def test_tagged_json_reads_and_writes_flasks_own_format(value: dict[str, Any]) -> None:
+    from flask.sessions import session_json_serializer as flasks
+
+    ours = TAGGED_JSON.dumps(value)
+    assert flasks.loads(ours) == value and TAGGED_JSON.loads(ours) == value
+    assert TAGGED_JSON.loads(flasks.dumps(value)) == value
+    assert json.loads(ours) == json.loads(flasks.dumps(value))  # the same JSON, tags included
+
+
+def test_tagged_json_refuses_what_the_json_column_refuses() -> None:
+    with pytest.raises(ValueError, match="Out of range float"):
+        TAGGED_JSON.dumps({"x": float("nan")})
+    with pytest.raises(TypeError):
+        TAGGED_JSON.dumps({"x": object()})
+
+
 def test_plain_json_is_one_setting_away(make_sqlite_flask: MakeFlask) -> None:
     app = make_sqlite_flask(login=False, csrf=False, DBSESSION_SERIALIZER="wsgi_dbsession.flask:PLAIN_JSON")
 
