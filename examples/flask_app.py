@@ -5,6 +5,7 @@ in it (and the session gets a new id at each login), ``flash()`` queues its
 messages in it, and Flask-WTF's ``CSRFProtect`` keeps its token in it and
 requires that token on every POST.
 
+It needs Flask-Login and Flask-WTF: ``pip install "wsgi_dbsession[flask-example]"``.
 Run it with Flask's server or gunicorn (sessions in ``wsgi_dbsession.sqlite``
 in the working directory unless ``FLASK_DBSESSION_URL`` says otherwise)::
 

@@ -9,7 +9,7 @@ from flask import Flask, flash, get_flashed_messages, request, session
 from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
 from flask_wtf.csrf import CSRFProtect, generate_csrf
 
-from wsgi_dbsession.flask import DBSession
+from wsgi_dbsession.flask import PLAIN_JSON, DBSession
 
 
 class User(UserMixin):
@@ -40,6 +40,29 @@ def build_app(config: dict[str, Any], *, login: bool = True, csrf: bool = True) 
     def nested() -> dict[str, Any]:
         session.setdefault("cart", []).append(request.args["item"])
         return {"cart": session["cart"]}
+
+    @app.get("/forget/<key>")
+    def forget(key: str) -> str:
+        del session[key]
+        return "forgotten"
+
+    @app.get("/clear")
+    def clear() -> str:
+        session.clear()
+        return "cleared"
+
+    @app.get("/flags")
+    def flags() -> dict[str, Any]:
+        """Flask's session flags before and after what ``?do=`` asks: read, nested, id or nothing."""
+        before = {"accessed": session.accessed, "modified": session.modified}
+        if request.args.get("do") == "read":
+            session.get("cart")
+        elif request.args.get("do") == "nested":
+            session["cart"].append("more")
+        elif request.args.get("do") == "id":
+            assert session.sid  # type: ignore[attr-defined]
+        after = {"accessed": session.accessed, "modified": session.modified, "new": session.new}
+        return {"before": before, "after": after}
 
     @app.get("/state")
     def state() -> dict[str, Any]:
@@ -97,9 +120,12 @@ def build_app(config: dict[str, Any], *, login: bool = True, csrf: bool = True) 
 
 
 def interop_app(config: dict[str, Any]) -> Flask:
-    """The routes of tests/node/server.js, on ``flask.session``: each answers with the session as JSON."""
+    """The routes of tests/node/server.js, on ``flask.session``: each answers with the session as JSON.
+
+    Set up for sharing as docs/flask.md says: express-session's cookie name and plain JSON.
+    """
     app = Flask(__name__)
-    app.config.update(config)
+    app.config.update({"DBSESSION_COOKIE_NAME": "connect.sid", "DBSESSION_SERIALIZER": PLAIN_JSON, **config})
     DBSession(app)
 
     def describe() -> dict[str, Any]:

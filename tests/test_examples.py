@@ -201,3 +201,44 @@ def _expiry_seconds(path: Path) -> float:
         return float(seconds)
     finally:
         engine.dispose()
+
+
+# The distribution each module examples/flask_app.py imports comes from (werkzeug: with Flask).
+FLASK_EXAMPLE_IMPORTS = {
+    "flask": "flask",
+    "werkzeug": "flask",
+    "flask_login": "flask-login",
+    "flask_wtf": "flask-wtf",
+}
+
+
+def extra_requirements(extra: str) -> set[str]:
+    """The distributions pyproject.toml's ``extra`` installs, its own extras included."""
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    line = re.search(rf"^{re.escape(extra)} = \[(.*)\]", pyproject, re.MULTILINE)
+    assert line, f"pyproject.toml has no extra {extra!r}"
+    required: set[str] = set()
+    for item in re.findall(r'"([^"]+)"', line.group(1)):
+        nested = re.fullmatch(r"wsgi_dbsession\[([\w,-]+)\]", item)
+        if nested:
+            for name in nested.group(1).split(","):
+                required |= extra_requirements(name)
+        else:
+            required.add(re.split(r"[<>=!~\[; ]", item, maxsplit=1)[0].lower())
+    return required
+
+
+def test_the_flask_example_needs_only_what_the_install_line_of_its_docs_installs() -> None:
+    """docs/flask.md's install line for examples/flask_app.py (which the tests above run)
+    names an extra that installs every distribution the example imports (issue 24)."""
+    doc = (ROOT / "docs" / "flask.md").read_text()
+    (extra,) = re.findall(
+        r'^pip install "wsgi_dbsession\[([\w-]+)\]"\nflask --app examples/flask_app.py', doc, re.M
+    )
+    source = (EXAMPLES / "flask_app.py").read_text()
+    imported = set(re.findall(r"^(?:from|import) (\w+)", source, re.MULTILINE))
+    third_party = imported - {"__future__", "typing", "example", "wsgi_dbsession"}
+    assert third_party <= FLASK_EXAMPLE_IMPORTS.keys(), f"map {third_party - FLASK_EXAMPLE_IMPORTS.keys()}"
+    needed = {FLASK_EXAMPLE_IMPORTS[module] for module in third_party}
+    assert needed == {"flask", "flask-login", "flask-wtf"}
+    assert needed <= extra_requirements(extra)

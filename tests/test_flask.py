@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import urllib.error
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from wsgi_dbsession import (
     sign,
 )
 from wsgi_dbsession.cookies import encode_value, generate_sid, unsign
-from wsgi_dbsession.flask import DBSession, FlaskSession, options_from_config
+from wsgi_dbsession.flask import PLAIN_JSON, TAGGED_JSON, DBSession, FlaskSession, options_from_config
 from wsgi_dbsession.options import option_types
 
 PARAMETERS = option_types()
@@ -120,7 +121,7 @@ def test_session_counts_and_its_row_is_in_the_configured_table(
     second = client.get("/incr")
     assert second.json == {"n": 2}
     assert second.headers["Vary"] == "Cookie"
-    sid = unsign(unquote(client.get_cookie("connect.sid").value), [SECRET.encode()])
+    sid = unsign(unquote(client.get_cookie("session").value), [SECRET.encode()])
     assert sid is not None
     store = manager_of(app).store
     assert store.table.name == table_name
@@ -265,7 +266,15 @@ def flask_app(**config: Any) -> Flask:
 
 def test_options_come_from_dbsession_keys_then_flask_keys() -> None:
     options = options_from_config(flask_app(SECRET_KEY=SECRET))
-    assert options == {"secret": [SECRET], "max_age": None, "rolling": True}
+    assert options == {
+        "secret": [SECRET],
+        "max_age": None,
+        "rolling": True,
+        "serializer": TAGGED_JSON,
+        "cookie_name": "session",
+        "httponly": True,
+        "partitioned": False,
+    }
     options = options_from_config(
         flask_app(
             SECRET_KEY=SECRET,
@@ -276,6 +285,7 @@ def test_options_come_from_dbsession_keys_then_flask_keys() -> None:
             SESSION_COOKIE_SAMESITE="Strict",
             SESSION_COOKIE_HTTPONLY=False,
             SESSION_COOKIE_DOMAIN="example.test",
+            SESSION_COOKIE_PARTITIONED=True,
             APPLICATION_ROOT="/app",
         )
     )
@@ -283,12 +293,14 @@ def test_options_come_from_dbsession_keys_then_flask_keys() -> None:
         "secret": [SECRET, OTHER_SECRET],
         "max_age": None,
         "rolling": False,
+        "serializer": TAGGED_JSON,
         "cookie_name": "flask.sid",
         "secure": True,
         "samesite": "strict",
         "httponly": False,
         "domain": "example.test",
         "path": "/app",
+        "partitioned": True,
     }
     options = options_from_config(
         flask_app(
@@ -301,11 +313,9 @@ def test_options_come_from_dbsession_keys_then_flask_keys() -> None:
             DBSESSION_MAX_AGE="3600",
             DBSESSION_ROLLING="off",
             DBSESSION_CLEANUP_INTERVAL=dt.timedelta(minutes=5),
-            DBSESSION_SERIALIZER="flask.sessions:session_json_serializer",
+            DBSESSION_SERIALIZER="wsgi_dbsession.flask:PLAIN_JSON",
         )
     )
-    from flask.sessions import session_json_serializer
-
     assert options == {
         "secret": OTHER_SECRET,
         "cookie_name": "app.sid",
@@ -313,14 +323,15 @@ def test_options_come_from_dbsession_keys_then_flask_keys() -> None:
         "max_age": 3600,
         "rolling": False,
         "cleanup_interval": 300,
-        "serializer": session_json_serializer,
+        "serializer": PLAIN_JSON,
+        "httponly": True,
+        "partitioned": False,
     }
 
 
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({}, r"set SECRET_KEY \(or DBSESSION_SECRET\)"),
         ({"SECRET_KEY": "dev"}, r"SECRET_KEY has 3 characters; use at least 32 .*DBSESSION_SECRET"),
         (
             {"SECRET_KEY": SECRET, "SECRET_KEY_FALLBACKS": ["old"]},
@@ -338,7 +349,14 @@ def test_options_come_from_dbsession_keys_then_flask_keys() -> None:
             {"SECRET_KEY": SECRET, "SESSION_COOKIE_SAMESITE": "sometimes"},
             r"SESSION_COOKIE_SAMESITE = 'sometimes'",
         ),
-        ({"SECRET_KEY": SECRET, "SESSION_COOKIE_PARTITIONED": True}, r"SESSION_COOKIE_PARTITIONED"),
+        (
+            {"SECRET_KEY": SECRET, "SESSION_COOKIE_PARTITIONED": True, "DBSESSION_SECURE": False},
+            r"^SESSION_COOKIE_PARTITIONED = True needs a Secure cookie, but DBSESSION_SECURE is False",
+        ),
+        (
+            {"SECRET_KEY": SECRET, "DBSESSION_PARTITIONED": True, "DBSESSION_SECURE": False},
+            r"^partitioned=True needs secure=True",
+        ),
         ({"SECRET_KEY": SECRET, "PERMANENT_SESSION_LIFETIME": 0}, r"PERMANENT_SESSION_LIFETIME"),
     ],
 )
@@ -405,7 +423,7 @@ def test_an_unreachable_database_answers_503() -> None:
     try:
         client = app.test_client()
         assert client.get("/plain").status_code == 200  # no cookie: the database is not needed
-        client.set_cookie("connect.sid", encode_value(sign(generate_sid(), SECRET)))
+        client.set_cookie("session", encode_value(sign(generate_sid(), SECRET)))
         attempts: list[object] = []
         sa.event.listen(manager_of(app).store.engine, "do_connect", lambda *args: attempts.append(args))
         # Flask-Login reads the session in the view and again after it: the
@@ -413,6 +431,24 @@ def test_an_unreachable_database_answers_503() -> None:
         response = client.get("/me")
         assert len(attempts) <= 2, "one load (retried once on a fresh connection), not one per read"
         assert response.status_code == 503
+        assert response.headers["Retry-After"] == "5"
+        assert response.text == "The session store is unavailable; try again shortly.\n"
+        assert set_cookies(response) == []
+    finally:
+        manager_of(app).close()
+
+
+def test_an_unreachable_database_is_503_for_a_new_visitor_whose_view_writes() -> None:
+    # Issue 23 item 3: the write is the first use of the database, in save_session,
+    # where Flask would make any error its 500; the plain middleware answers 503.
+    app = build_app(
+        {"SECRET_KEY": SECRET, "DBSESSION_URL": UNREACHABLE, "DBSESSION_CLEANUP_INTERVAL": 0}, csrf=False
+    )
+    try:
+        response = app.test_client().get("/incr")  # no cookie: no read, the write fails
+        assert response.status_code == 503, response.text
+        assert response.headers["Retry-After"] == "5"
+        assert response.headers["Cache-Control"] == "no-store"
         assert response.text == "The session store is unavailable; try again shortly.\n"
         assert set_cookies(response) == []
     finally:
@@ -473,6 +509,234 @@ def test_flask_tagged_json_keeps_markup_and_datetimes(make_sqlite_flask: MakeFla
     assert client.get("/typed/read").text == "<b>saved</b>"
 
 
+# -- as Flask's own session does (issue 24) ------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/forget/n", "/clear"])
+def test_an_emptied_session_deletes_its_row_and_expires_the_cookie(make_flask: MakeFlask, path: str) -> None:
+    app = make_flask(login=False, csrf=False)
+    store = manager_of(app).store
+    client = app.test_client()
+    sid = sid_in(client.get("/incr"))
+    assert store.load(sid) is not None
+    response = client.get(path)
+    (header,) = set_cookies(response)
+    assert header.startswith("session=;") and attributes(header)["max-age"] == "0"
+    assert store.load(sid) is None
+    assert client.get_cookie("session") is None
+    # Emptied and then refilled in one request is a session like any other.
+    assert client.get("/incr").json == {"n": 1}
+
+
+def test_a_session_only_read_while_empty_keeps_its_row(make_sqlite_flask: MakeFlask) -> None:
+    app = make_sqlite_flask(login=False, csrf=False)
+    store = manager_of(app).store
+    client = app.test_client()
+    sid = sid_in(client.get("/incr"))
+    store.set(sid, {}, dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))  # a Node app emptied it
+    assert not [header for header in set_cookies(client.get("/state")) if "Max-Age=0" in header]
+    assert store.load(sid) is not None  # not emptied by this request: Flask keeps the cookie too
+
+
+def test_the_cookie_is_flasks_by_default(make_sqlite_flask: MakeFlask) -> None:
+    app = make_sqlite_flask(login=False, csrf=False)
+    header = set_cookies(app.test_client().get("/incr"))[0]
+    assert header.startswith("session=s%3A")
+    cookie = attributes(header)
+    # Flask's defaults SECURE=False and SAMESITE=None leave the package's safer ones.
+    assert "secure" not in cookie and cookie["samesite"] == "lax" and "httponly" in cookie
+    secure = attributes(set_cookies(app.test_client().get("/incr", base_url="https://localhost"))[0])
+    assert "secure" in secure
+
+
+def test_flask_cookie_keys_are_honoured_and_dbsession_keys_override_them(
+    make_sqlite_flask: MakeFlask,
+) -> None:
+    app = make_sqlite_flask(
+        login=False,
+        csrf=False,
+        SESSION_COOKIE_NAME="session",  # Flask's default, given explicitly
+        SESSION_COOKIE_DOMAIN="example.test",
+        SESSION_COOKIE_PATH="/shop",
+        SESSION_COOKIE_HTTPONLY=False,
+        SESSION_COOKIE_SECURE=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+    )
+    header = set_cookies(app.test_client().get("/incr", base_url="http://example.test"))[0]
+    cookie = attributes(header)
+    assert header.startswith("session=")
+    assert cookie["domain"] == "example.test" and cookie["path"] == "/shop"
+    assert "httponly" not in cookie and "secure" in cookie and cookie["samesite"] == "strict"
+
+    shared = make_sqlite_flask(
+        login=False,
+        csrf=False,
+        SESSION_COOKIE_NAME="flask.sid",
+        SESSION_COOKIE_SAMESITE="Strict",
+        DBSESSION_COOKIE_NAME="connect.sid",
+        DBSESSION_SAMESITE="lax",
+    )
+    header = set_cookies(shared.test_client().get("/incr"))[0]
+    assert header.startswith("connect.sid=") and attributes(header)["samesite"] == "lax"
+
+
+def test_session_cookie_partitioned_sends_partitioned_cookies(make_sqlite_flask: MakeFlask) -> None:
+    app = make_sqlite_flask(login=False, csrf=False, SESSION_COOKIE_PARTITIONED=True)
+    client = app.test_client()
+    response = client.get("/incr", base_url="https://localhost")
+    cookie = attributes(set_cookies(response)[0])
+    assert "partitioned" in cookie and "secure" in cookie
+    stored = json.loads(manager_of(app).store.load(sid_in(response)).text)
+    assert stored["cookie"]["partitioned"] is True  # as express-session records it
+    # Over plain http (secure="auto") the cookie goes without it: browsers would drop it.
+    plain = attributes(set_cookies(app.test_client().get("/incr"))[0])
+    assert "partitioned" not in plain
+
+
+def test_flask_values_come_back_as_flask_stores_them(make_flask: MakeFlask) -> None:
+    app = make_flask(login=False, csrf=False)
+    values = {
+        "tuple": (1, "two"),
+        "bytes": b"\x00\xffraw",
+        "when": dt.datetime(2024, 5, 1, 12, 0, 7, tzinfo=dt.timezone.utc),
+        "uuid": uuid.UUID("12345678-1234-5678-1234-567812345678"),
+        "markup": Markup("<b>bold</b>"),
+        "nested": {"pair": ("a", b"b")},
+    }
+    seen: dict[str, Any] = {}
+
+    @app.get("/typed")
+    def typed() -> str:
+        from flask import flash, session
+
+        session.update(values)
+        flash(Markup("<b>saved</b>"), "info")
+        return "ok"
+
+    @app.get("/typed/read")
+    def typed_read() -> str:
+        from flask import get_flashed_messages, session
+
+        seen.update({key: session[key] for key in values})
+        seen["flashes"] = get_flashed_messages(with_categories=True)
+        return "ok"
+
+    client = app.test_client()
+    client.get("/typed")
+    assert client.get("/typed/read").status_code == 200
+    flashes = seen.pop("flashes")
+    assert seen == values
+    assert {key: type(value) for key, value in seen.items()} == {
+        key: type(value) for key, value in values.items()
+    }
+    assert flashes == [("info", Markup("<b>saved</b>"))] and isinstance(flashes[0][1], Markup)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"n": 1, "cart": ["a", "b"], "user": {"id": "7", "admin": False}, "none": None, "pi": 3.5},
+        {"tags": [(1, 2), [b"x", {"when": dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)}]]},
+        {"looks_tagged": {" t": [1, 2]}, "markup": {"m": Markup("<i>x</i>")}, "uuid": [uuid.UUID(int=5)]},
+        {"text": "caf\u00e9 \u2603", "empty": {}, "nested": [[[]]]},
+        {"only_plain_but_tag_like": {" t": [1, 2]}, "n": 1},
+    ],
+)
+def test_tagged_json_reads_and_writes_flasks_own_format(value: dict[str, Any]) -> None:
+    from flask.sessions import session_json_serializer as flasks
+
+    ours = TAGGED_JSON.dumps(value)
+    assert flasks.loads(ours) == value and TAGGED_JSON.loads(ours) == value
+    assert TAGGED_JSON.loads(flasks.dumps(value)) == value
+    assert json.loads(ours) == json.loads(flasks.dumps(value))  # the same JSON, tags included
+
+
+def test_tagged_json_refuses_what_the_json_column_refuses() -> None:
+    with pytest.raises(ValueError, match="Out of range float"):
+        TAGGED_JSON.dumps({"x": float("nan")})
+    with pytest.raises(TypeError):
+        TAGGED_JSON.dumps({"x": object()})
+
+
+def test_plain_json_is_one_setting_away(make_sqlite_flask: MakeFlask) -> None:
+    app = make_sqlite_flask(login=False, csrf=False, DBSESSION_SERIALIZER="wsgi_dbsession.flask:PLAIN_JSON")
+
+    @app.get("/pair")
+    def pair() -> str:
+        from flask import session
+
+        session["pair"] = ("a", 1)
+        return "ok"
+
+    client = app.test_client()
+    sid = sid_in(client.get("/pair"))
+    stored = json.loads(manager_of(app).store.load(sid).text)
+    assert stored["pair"] == ["a", 1]  # what a Node app reads: no Flask tags
+    app.testing = True
+    with pytest.raises(SerializationError, match="'when'"):
+        client.get("/unsavable")
+
+
+def test_a_value_no_serializer_can_store_is_still_refused(make_sqlite_flask: MakeFlask) -> None:
+    app = make_sqlite_flask(login=False)
+    app.testing = True
+    with pytest.raises(SerializationError, match="'when'"):
+        app.test_client().get("/unsavable")
+
+
+@pytest.mark.parametrize(("permanent", "max_age"), [(True, "600"), (False, None), (None, None)])
+def test_session_permanent_from_flask_session_is_honoured(
+    make_sqlite_flask: MakeFlask, permanent: bool | None, max_age: str | None
+) -> None:
+    config: dict[str, Any] = {"PERMANENT_SESSION_LIFETIME": 600}
+    if permanent is not None:
+        config["SESSION_PERMANENT"] = permanent
+    client = make_sqlite_flask(login=False, csrf=False, **config).test_client()
+    assert attributes(set_cookies(client.get("/incr"))[0]).get("max-age") == max_age
+    assert client.get("/state").json["permanent"] is (permanent is True)
+
+
+def test_flask_session_keys_without_a_meaning_here_are_named_in_one_warning(
+    make_sqlite_flask: MakeFlask, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_sqlite_flask(
+        SESSION_TYPE="sqlalchemy",
+        SESSION_USE_SIGNER=True,
+        SESSION_KEY_PREFIX="app:",
+        SESSION_SQLALCHEMY_TABLE="flask_sessions",
+        SESSION_PERMANENT=True,
+    )
+    (record,) = [r for r in caplog.records if "Flask-Session settings" in r.getMessage()]
+    message = record.getMessage()
+    assert record.levelname == "WARNING"
+    assert "SESSION_TYPE (use DBSESSION_URL or DBSESSION_ENGINE" in message
+    assert "SESSION_USE_SIGNER (use nothing: the cookie is always signed" in message
+    assert "SESSION_KEY_PREFIX (use DBSESSION_TABLE_NAME" in message
+    assert "SESSION_SQLALCHEMY_TABLE (use DBSESSION_TABLE_NAME" in message
+    assert "SESSION_PERMANENT (" not in message and "SESSION_PERMANENT is honoured" in message
+    caplog.clear()
+    make_sqlite_flask()
+    assert not [r for r in caplog.records if "Flask-Session settings" in r.getMessage()]
+
+
+def test_modified_accessed_and_new_mean_what_they_mean_in_flask(make_sqlite_flask: MakeFlask) -> None:
+    client = make_sqlite_flask(login=False, csrf=False).test_client()
+    fresh = client.get("/flags").json
+    # Flask 3.1: using flask.session at all is an access (and its answer varies on Cookie).
+    assert fresh["before"] == {"accessed": True, "modified": False}
+    assert fresh["after"] == {"accessed": True, "modified": False, "new": True}
+    # A new session's id, asked for and never stored: nothing is saved, nothing modified.
+    asked = client.get("/flags", query_string={"do": "id"})
+    assert asked.json["after"] == {"accessed": True, "modified": False, "new": True}
+    assert set_cookies(asked) == []
+    client.get("/nested", query_string={"item": "book"})
+    read = client.get("/flags", query_string={"do": "read"}).json
+    assert read["after"] == {"accessed": True, "modified": False, "new": False}
+    nested = client.get("/flags", query_string={"do": "nested"}).json
+    assert nested["after"] == {"accessed": True, "modified": True, "new": False}  # and it is saved:
+    assert client.get("/state").json["data"]["cart"] == ["book", "more"]
+
+
 # -- flask dbsession ..., and the example, as real processes ---------------------------------
 
 
@@ -511,6 +775,46 @@ def test_flask_dbsession_commands(db_url: str, table_name: str, tmp_path: Path) 
         assert pruned.stdout.startswith(f"deleted 5 expired sessions from {table_name!r} in ")
         assert live_rows(store) == live
         assert store.count(expired=True) == 0
+    finally:
+        drop_table(store.engine, store.table)
+        store.dispose()
+
+
+def test_without_secret_key_the_app_starts_and_its_requests_are_refused(make_sqlite_flask: MakeFlask) -> None:
+    app = make_sqlite_flask(
+        SECRET_KEY=None, login=False, csrf=False
+    )  # as Flask's own session: no key, no session
+    assert app.test_client().get("/incr").status_code == 500
+    app.testing = True
+    with pytest.raises(ConfigurationError, match=r"set SECRET_KEY \(or DBSESSION_SECRET\)"):
+        app.test_client().get("/plain")
+    assert manager_of(app).store.count() == 0
+
+
+@pytest.mark.slow
+def test_flask_dbsession_commands_need_no_secret_key(db_url: str, table_name: str, tmp_path: Path) -> None:
+    # Issue 23 item 6: prune, stats and create-table sign nothing.
+    app = (
+        f"tests.flask_apps:build_app({{'DBSESSION_URL': {db_url!r}, 'DBSESSION_TABLE_NAME': {table_name!r}}})"
+    )
+    env = {name: value for name, value in os.environ.items() if not name.startswith("FLASK_")}
+    store = SessionStore(url=db_url, table_name=table_name, create_table=False)
+    try:
+        outputs = {}
+        for args in (["create-table"], ["stats", "--json"], ["prune"]):
+            result = subprocess.run(
+                [sys.executable, "-m", "flask", "--app", app, "dbsession", *args],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert result.returncode == 0, (args, result.stderr)
+            outputs[args[0]] = result.stdout
+        assert json.loads(outputs["stats"]) == {"table": table_name, "live": 0, "expired": 0}
+        assert outputs["prune"].startswith(f"deleted 0 expired sessions from {table_name!r}")
     finally:
         drop_table(store.engine, store.table)
         store.dispose()

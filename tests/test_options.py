@@ -58,9 +58,10 @@ def test_flask_differs_from_the_defaults_only_where_its_docs_say(tmp_path: Path)
     manager = app.extensions["dbsession"]
     try:
         differing = {name for name, value in resolved(manager).items() if value != option_defaults()[name]}
-        # docs/flask.md: browser-session cookies unless session.permanent, and
-        # SESSION_REFRESH_EACH_REQUEST (True by default) is `rolling`.
-        assert differing == {"max_age", "rolling"}
+        # docs/flask.md: browser-session cookies unless session.permanent,
+        # SESSION_REFRESH_EACH_REQUEST (True by default) is `rolling`, Flask's
+        # cookie name (`session`) and Flask's tagged JSON.
+        assert differing == {"max_age", "rolling", "cookie_name", "serializer"}
     finally:
         manager.close()
     assert extension is not None

@@ -130,6 +130,7 @@ class SessionCookie:
     secure: Secure  # True, False, or "auto": when the request came over https
     httponly: bool
     samesite: SameSite | None
+    partitioned: bool = False  # CHIPS: the Partitioned attribute, only on a Secure cookie
     attributes: CookieAttributes = field(init=False, repr=False, compare=False)
     _before_expiry: str = field(init=False, repr=False, compare=False)
     _tails: dict[bool, str] = field(init=False, repr=False, compare=False)  # by the Secure flag
@@ -151,8 +152,17 @@ class SessionCookie:
                 'samesite="none" needs secure=True (or "auto" behind https): browsers refuse '
                 "SameSite=None cookies without the Secure flag"
             )
+        if self.partitioned and self.secure is False:
+            raise ConfigurationError(
+                'partitioned=True needs secure=True (or "auto" behind https): browsers refuse '
+                "a Partitioned cookie without the Secure flag"
+            )
         attributes = CookieAttributes(
-            httponly=self.httponly, path=self.path, domain=self.domain, samesite=self.samesite
+            httponly=self.httponly,
+            path=self.path,
+            domain=self.domain,
+            samesite=self.samesite,
+            partitioned=self.partitioned,
         )
         object.__setattr__(self, "attributes", attributes)
         # The header's constant parts, built once.
@@ -160,13 +170,17 @@ class SessionCookie:
         tail = {True: f"; Path={self.path}; secure", False: f"; Path={self.path}"}
         flags = "; HttpOnly" if self.httponly else ""
         same_site = f"; SameSite={self.samesite}" if self.samesite else ""
-        # SameSite=None without Secure (secure="auto" on plain http) is dropped by
-        # browsers: leave the attribute out there, so the browser's default applies.
+        # SameSite=None and Partitioned without Secure (secure="auto" on plain http) make
+        # browsers drop the cookie: leave them out there, so the browser's defaults apply.
         insecure_same_site = "" if self.samesite == "none" else same_site
+        partitioned = "; Partitioned" if self.partitioned else ""
         object.__setattr__(
             self,
             "_tails",
-            {True: tail[True] + flags + same_site, False: tail[False] + flags + insecure_same_site},
+            {
+                True: tail[True] + flags + same_site + partitioned,
+                False: tail[False] + flags + insecure_same_site,
+            },
         )
 
     def read(self, cookie_header: str | None) -> str | None:

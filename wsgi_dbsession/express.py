@@ -25,6 +25,7 @@ BROWSER_SESSION_ROW_LIFETIME = 86400  # seconds
 # The cookie-object fields written from this package's settings; any other
 # (express-session's ``priority``, ``partitioned``) is kept as stored,
 # because express-session builds its Set-Cookie from the stored object.
+# ``partitioned`` is also written, as true, when the ``partitioned`` option is on.
 OWN_COOKIE_FIELDS = frozenset(
     ("originalMaxAge", "expires", "secure", "httpOnly", "domain", "path", "sameSite")
 )
@@ -60,6 +61,7 @@ class CookieAttributes:
     path: str
     domain: str | None
     samesite: str | None
+    partitioned: bool = False
 
 
 @dataclass(frozen=True)
@@ -101,8 +103,10 @@ class Record:
         json: dict[str, Any] = {
             "originalMaxAge": None if self.max_age is None else self.max_age * 1000,
             **self.cookie_extra,  # where express-session puts partitioned and priority
-            "expires": None if self.max_age is None else to_iso_z(expires),
         }
+        if cookie.partitioned and secure:  # off: a Node app's own value stays as it stored it
+            json["partitioned"] = True
+        json["expires"] = None if self.max_age is None else to_iso_z(expires)
         if secure:
             json["secure"] = True
         json["httpOnly"] = cookie.httponly

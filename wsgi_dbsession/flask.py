@@ -14,8 +14,18 @@ all keep their data in the session table. Configuration is Flask's:
 - the lifetimes are Flask's: a session is a browser-session cookie until
   ``session.permanent = True`` gives it ``PERMANENT_SESSION_LIFETIME``;
   ``SESSION_REFRESH_EACH_REQUEST`` is the default of ``DBSESSION_ROLLING``;
-  ``SESSION_COOKIE_*`` keys that differ from Flask's defaults are the
-  defaults of the matching cookie options.
+  Flask-Session's ``SESSION_PERMANENT``, when set, makes every new session
+  permanent (or not); Flask-Session's other keys have no meaning here and
+  are named in one warning at init, with the ``DBSESSION_`` key replacing each;
+- the cookie is Flask's: ``SESSION_COOKIE_NAME`` (``session``),
+  ``_DOMAIN``, ``_PATH``, ``_HTTPONLY`` and ``_PARTITIONED`` are the
+  defaults of the matching cookie options, and ``_SECURE`` and
+  ``_SAMESITE`` too when they differ from Flask's defaults (left there,
+  the package's safer ``"auto"`` and ``"lax"`` apply);
+- the values are Flask's: the session is stored in Flask's tagged JSON
+  (tuples, bytes, datetimes, UUIDs and ``Markup`` come back as they were
+  stored); ``DBSESSION_SERIALIZER = "wsgi_dbsession.flask:PLAIN_JSON"``
+  stores plain JSON, for sessions shared with Node, Django or WSGI apps.
 
 The session is opened (not read) for each request, read when the app first
 touches it, and saved before the response leaves Flask. ``flask dbsession
@@ -28,6 +38,7 @@ import datetime as dt
 import importlib
 import logging
 import re
+import secrets
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +46,9 @@ import click
 from flask import Flask, Response, current_app
 from flask import request as current_request
 from flask.cli import AppGroup
+from flask.json.tag import TaggedJSONSerializer
 from flask.sessions import SessionInterface, SessionMixin
+from werkzeug.datastructures import Headers
 
 from .cli import run_command
 from .cookies import MIN_SECRET_LENGTH, parse_secrets
@@ -44,6 +57,7 @@ from .manager import SessionManager
 from .middleware import cache_headers
 from .session import Session
 from .settings import parse_settings
+from .store import JSONSerializer
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -54,14 +68,76 @@ CONFIG_PREFIX = "DBSESSION_"
 EXTENSION_KEY = "dbsession"
 # Where the request's FlaskSession is kept in the WSGI environ.
 ENVIRON_KEY = "wsgi_dbsession.flask"
-# The cookie options a SESSION_COOKIE_* key stands in for, when it is not Flask's default.
+# The cookie options a SESSION_COOKIE_* key stands in for. Flask's own values always;
+# SECURE and SAMESITE only when the app moved them from Flask's defaults (False, None),
+# which are less safe than the package's ("auto", "lax").
 _FLASK_COOKIE_KEYS = {
     "SESSION_COOKIE_NAME": "cookie_name",
     "SESSION_COOKIE_DOMAIN": "domain",
     "SESSION_COOKIE_HTTPONLY": "httponly",
+    "SESSION_COOKIE_PARTITIONED": "partitioned",
+}
+_FLASK_COOKIE_KEYS_UNLESS_DEFAULT = {
     "SESSION_COOKIE_SECURE": "secure",
     "SESSION_COOKIE_SAMESITE": "samesite",
 }
+# Flask-Session's keys that mean nothing here, and what replaces each.
+_FLASK_SESSION_KEYS = {
+    "SESSION_TYPE": "DBSESSION_URL or DBSESSION_ENGINE (this package is the store)",
+    "SESSION_USE_SIGNER": "nothing: the cookie is always signed, with DBSESSION_SECRET or SECRET_KEY",
+    "SESSION_KEY_PREFIX": "DBSESSION_TABLE_NAME (a table per app; rows are keyed by the bare id)",
+    "SESSION_ID_LENGTH": "nothing: ids are 192 random bits",
+    "SESSION_SERIALIZATION_FORMAT": "DBSESSION_SERIALIZER",
+    "SESSION_CLEANUP_N_REQUESTS": "DBSESSION_CLEANUP_INTERVAL",
+    "SESSION_SQLALCHEMY": "DBSESSION_ENGINE (db.engine)",
+    "SESSION_SQLALCHEMY_BIND_KEY": "DBSESSION_ENGINE (db.engines[bind_key])",
+    "SESSION_SQLALCHEMY_TABLE": "DBSESSION_TABLE_NAME (a new table: Flask-Session's columns differ)",
+    "SESSION_SQLALCHEMY_SCHEMA": "DBSESSION_SCHEMA",
+    "SESSION_SQLALCHEMY_SEQUENCE": "nothing: the session id is the key",
+}
+
+
+class TaggedJSON:
+    """Flask's tagged JSON, the format of Flask's own session: tuples, bytes,
+    datetimes, UUIDs and ``Markup`` come back as they went in.
+
+    Written by the package's strict encoder (compact, NaN refused: the JSON
+    column rejects it), the same text with or without an app context. Data
+    of plain JSON types only, the common case, skips Flask's tagging walk
+    (ten times the encoder's cost); the text is the same either way.
+    """
+
+    def __init__(self) -> None:
+        self._tags = TaggedJSONSerializer()
+        self._json = JSONSerializer()
+
+    def dumps(self, value: Any) -> str:
+        return self._json.dumps(value if self._untagged(value) else self._tags.tag(value))
+
+    def loads(self, text: str) -> Any:
+        # Every tag is a one-key object whose key starts with a space: without one, no tags.
+        return self._json.loads(text) if '{" ' not in text else self._tags.loads(text)
+
+    def _untagged(self, value: Any) -> bool:
+        """Whether Flask's tagging would leave ``value`` as it is (exact JSON types, no tag-like dict)."""
+        kind = type(value)
+        if kind in _PLAIN_SCALARS:
+            return True
+        if kind is list:
+            return all(self._untagged(item) for item in value)
+        if kind is dict:
+            if len(value) == 1 and next(iter(value)) in self._tags.tags:
+                return False
+            return all(type(key) is str and self._untagged(item) for key, item in value.items())
+        return False
+
+
+_PLAIN_SCALARS = frozenset((str, int, float, bool, type(None)))
+
+
+# The Flask adapter's default, and the plain JSON other apps read (``DBSESSION_SERIALIZER``).
+TAGGED_JSON = TaggedJSON()
+PLAIN_JSON = JSONSerializer()
 
 
 class DBSession:
@@ -81,17 +157,27 @@ class DBSession:
         """Read the app's configuration and install the session interface and the CLI group.
 
         Raises :class:`ConfigurationError` at once for a bad or unknown setting.
+        Without any secret (``SECRET_KEY``, ``DBSESSION_SECRET``) the app starts,
+        as with Flask's own session, and each request fails with a
+        ``ConfigurationError`` that says so; the ``flask dbsession`` commands work.
         ``app.extensions["dbsession"]`` is then the session manager: its
         ``store`` is the table, and ``close()`` stops the prune job and
         closes the pool at shutdown.
         """
         options = options_from_config(app)
         permanent_lifetime = _permanent_lifetime(app)
+        _warn_flask_session_keys(app.config)
+        refused = None
+        if "secret" not in options:
+            # Flask's own session starts without SECRET_KEY and fails when used: so does
+            # this one, and the `flask dbsession` commands, which sign nothing, still work.
+            refused = ConfigurationError(_UNSIGNED_HINT)
+            options["secret"] = secrets.token_urlsafe(32)  # never signs: every request is refused first
         try:
             manager = SessionManager(**options)
         except ConfigurationError as exc:
             raise ConfigurationError(_config_message(str(exc), _config_keys(app.config))) from exc
-        interface = DBSessionInterface(manager, permanent_lifetime=permanent_lifetime)
+        interface = DBSessionInterface(manager, permanent_lifetime=permanent_lifetime, refused=refused)
         app.session_interface = interface
         app.extensions[EXTENSION_KEY] = interface.manager
         app.cli.add_command(dbsession_cli)
@@ -107,10 +193,12 @@ def options_from_config(app: Flask) -> dict[str, Any]:
 
     ``DBSESSION_<OPTION>`` keys first; then Flask's own keys where no
     ``DBSESSION_`` key was given: ``SECRET_KEY`` and ``SECRET_KEY_FALLBACKS``
-    for ``secret``, ``SESSION_REFRESH_EACH_REQUEST`` for ``rolling``, the
-    ``SESSION_COOKIE_*`` keys set to something other than Flask's default
-    for the cookie options; ``max_age`` is None (Flask's browser-session
-    cookie) unless ``DBSESSION_MAX_AGE`` is given.
+    for ``secret`` (left out when neither is set), ``SESSION_REFRESH_EACH_REQUEST``
+    for ``rolling``, the ``SESSION_COOKIE_*`` keys for the cookie options;
+    ``max_age`` is None (Flask's browser-session cookie) unless
+    ``DBSESSION_MAX_AGE`` is given, or Flask-Session's ``SESSION_PERMANENT``
+    is True (then ``PERMANENT_SESSION_LIFETIME``); ``serializer`` is Flask's
+    tagged JSON.
     """
     config = app.config
     keys = _config_keys(config)
@@ -121,12 +209,19 @@ def options_from_config(app: Flask) -> dict[str, Any]:
         options = parse_settings(given, "")
     except ConfigurationError as exc:
         raise ConfigurationError(_config_message(str(exc), keys)) from exc
-    if "secret" not in options:
+    if "secret" not in options and config.get("SECRET_KEY"):
         options["secret"] = _secrets_from_flask(config)
-    options.setdefault("max_age", None)
+    permanent = config.get("SESSION_PERMANENT", False)  # Flask-Session's key; Flask's meaning when absent
+    options.setdefault("max_age", _permanent_lifetime(app) if permanent else None)
     options.setdefault("rolling", bool(config.get("SESSION_REFRESH_EACH_REQUEST", True)))
+    options.setdefault("serializer", TAGGED_JSON)
     for option, value in _cookie_defaults(app).items():
         options.setdefault(option, value)
+    if options.get("partitioned") and options.get("secure") is False and "partitioned" not in keys:
+        raise ConfigurationError(
+            f"SESSION_COOKIE_PARTITIONED = True needs a Secure cookie, but {keys['secure']} is False: "
+            "browsers refuse a Partitioned cookie without the Secure flag"
+        )
     return options
 
 
@@ -153,16 +248,15 @@ def _config_message(message: str, keys: dict[str, str]) -> str:
     return f"{keys[name]} {rest}" if space and name in keys else message
 
 
+_UNSIGNED_HINT = "set SECRET_KEY (or DBSESSION_SECRET): wsgi_dbsession signs the session cookie with it"
+
+
 def _secrets_from_flask(config: Any) -> list[str]:
     """``[SECRET_KEY, *SECRET_KEY_FALLBACKS]``: the first signs, every one verifies.
 
     Flask allows bytes keys: they are decoded here. The secrets' own check is
     :func:`~wsgi_dbsession.cookies.parse_secrets`', its message naming the key.
     """
-    if not config.get("SECRET_KEY"):
-        raise ConfigurationError(
-            "set SECRET_KEY (or DBSESSION_SECRET): wsgi_dbsession signs the session cookie with it"
-        )
     fallbacks = config.get("SECRET_KEY_FALLBACKS") or []
     names = ["SECRET_KEY", *(f"SECRET_KEY_FALLBACKS[{index}]" for index in range(len(fallbacks)))]
     secrets = []
@@ -187,27 +281,43 @@ def _secrets_from_flask(config: Any) -> list[str]:
 
 
 def _cookie_defaults(app: Flask) -> dict[str, Any]:
-    """Cookie options from the ``SESSION_COOKIE_*`` keys the app changed from Flask's defaults."""
+    """Cookie options from the ``SESSION_COOKIE_*`` keys (see ``_FLASK_COOKIE_KEYS``)."""
     config, flask_defaults = app.config, app.default_config
     options: dict[str, Any] = {}
     for key, option in _FLASK_COOKIE_KEYS.items():
+        if key in config or key in flask_defaults:
+            options[option] = config.get(key, flask_defaults.get(key))
+    for key, option in _FLASK_COOKIE_KEYS_UNLESS_DEFAULT.items():
         value = config.get(key, flask_defaults.get(key))
-        if value == flask_defaults.get(key):
-            continue
-        if option == "samesite":
-            word = str(value).lower() if value else None
-            if word not in ("lax", "strict", "none", None):
-                raise ConfigurationError(f"{key} = {value!r}: expected 'Lax', 'Strict', 'None' or None")
-            value = word
-        options[option] = bool(value) if option in ("httponly", "secure") else value
+        if value != flask_defaults.get(key):
+            options[option] = value
+    if "samesite" in options:
+        value = options["samesite"]
+        word = str(value).lower() if value else None
+        if word not in ("lax", "strict", "none", None):
+            key = "SESSION_COOKIE_SAMESITE"
+            raise ConfigurationError(f"{key} = {value!r}: expected 'Lax', 'Strict', 'None' or None")
+        options["samesite"] = word
+    for option in ("httponly", "secure", "partitioned"):
+        if option in options:
+            options[option] = bool(options[option])
+    if options.get("domain") is None:
+        options.pop("domain", None)
     path = config.get("SESSION_COOKIE_PATH") or config.get("APPLICATION_ROOT") or "/"
     if path != "/":
         options["path"] = path
-    if config.get("SESSION_COOKIE_PARTITIONED"):
-        raise ConfigurationError(
-            "SESSION_COOKIE_PARTITIONED is set, but wsgi_dbsession does not send Partitioned cookies"
-        )
     return options
+
+
+def _warn_flask_session_keys(config: Mapping[str, Any]) -> None:
+    """One warning naming each of Flask-Session's keys the app sets, and what replaces it."""
+    found = [f"{key} (use {instead})" for key, instead in _FLASK_SESSION_KEYS.items() if key in config]
+    if found:
+        log.warning(
+            "these Flask-Session settings have no effect with wsgi_dbsession: %s. "
+            "SESSION_PERMANENT is honoured (see docs/flask.md)",
+            "; ".join(found),
+        )
 
 
 def _permanent_lifetime(app: Flask) -> int:
@@ -225,11 +335,20 @@ class DBSessionInterface(SessionInterface):
     the middleware saves it.
     """
 
-    def __init__(self, manager: SessionManager, *, permanent_lifetime: int = 31 * 86400) -> None:
+    def __init__(
+        self,
+        manager: SessionManager,
+        *,
+        permanent_lifetime: int = 31 * 86400,
+        refused: ConfigurationError | None = None,
+    ) -> None:
         self.manager = manager
         self.permanent_lifetime = permanent_lifetime  # seconds
+        self.refused = refused  # a configuration every request is refused for (no secret)
 
     def open_session(self, app: Flask, request: Any) -> FlaskSession:
+        if self.refused is not None:
+            raise self.refused
         environ = request.environ
         opened = environ.get(ENVIRON_KEY)
         if isinstance(opened, FlaskSession):
@@ -245,8 +364,16 @@ class DBSessionInterface(SessionInterface):
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
         cookies: list[tuple[str, str]] = []
         if isinstance(session, FlaskSession) and session.saves:
+            if session.emptied():
+                session.invalidate()  # as Flask and Flask-Session do: the row goes, the cookie expires
             try:
                 cookies = self.manager.save_session(session.dbsession, session.environ)
+            except StoreUnavailable as exc:
+                # An outage while saving is an outage, as when loading: the same answer,
+                # given here because Flask would turn an error raised now into its 500.
+                session.after_outage()
+                _answer_outage_in(response, self.manager, exc)
+                return
             except SessionError:
                 # Flask answers 500 and calls save_session again for that answer:
                 # the stored session stays as it was, and that answer sets no cookie.
@@ -257,6 +384,11 @@ class DBSessionInterface(SessionInterface):
             headers = cache_headers(response.headers.to_wsgi_list(), set_cookie=bool(cookies))
             response.headers.clear()
             response.headers.extend([*headers, *cookies])
+
+    def regenerate(self, session: SessionMixin) -> None:
+        """Flask-Session's ``app.session_interface.regenerate(session)``: ``session.regenerate()``."""
+        if isinstance(session, FlaskSession):
+            session.regenerate()
 
 
 class FlaskSession(SessionMixin):
@@ -289,6 +421,11 @@ class FlaskSession(SessionMixin):
 
     def _mapping(self) -> MutableMapping[str, Any]:
         return self._stand_in if self._stand_in is not None else self._session()
+
+    def emptied(self) -> bool:
+        """Whether this request emptied a stored session (Flask then deletes the cookie)."""
+        session = self.dbsession
+        return session.loaded and self._stand_in is None and not session.new and not session and self.modified
 
     def after_outage(self) -> None:
         """The request is answered with the outage status: from now on the session is empty and unsaved."""
@@ -333,12 +470,12 @@ class FlaskSession(SessionMixin):
 
     @property
     def modified(self) -> bool:
-        """Whether the app changed the session through this object.
+        """Whether the session will be saved: the app changed it, nested changes
+        (``session["cart"].append(x)``) included, as Flask means it.
 
-        Nested changes (``session["cart"].append(x)``) are saved without it;
-        setting it True forces a write, as ``session.changed()`` does.
+        Setting it True forces a write, as ``session.changed()`` does.
         """
-        return self._modified
+        return self._modified or (self._stand_in is None and self.dbsession.modified)
 
     @modified.setter
     def modified(self, value: bool) -> None:
@@ -372,6 +509,11 @@ class FlaskSession(SessionMixin):
     def id(self) -> str:
         """The session id; a new session gets one the first time it is asked."""
         return self._session().id
+
+    @property
+    def sid(self) -> str:
+        """Flask-Session's name for :attr:`id` (unsigned; the cookie holds it signed)."""
+        return self.id
 
     @property
     def created(self) -> float:
@@ -412,8 +554,17 @@ def _answer_outage(error: StoreUnavailable) -> Response:
     session = current_request.environ.get(ENVIRON_KEY)
     if isinstance(session, FlaskSession):
         session.after_outage()
-    status, headers, body = _interface().manager.error_page(error)
-    return Response(body, status=status, headers=headers)
+    response = Response()
+    _answer_outage_in(response, _interface().manager, error)
+    return response
+
+
+def _answer_outage_in(response: Response, manager: SessionManager, error: StoreUnavailable) -> None:
+    """Make ``response`` the middleware's outage answer (``unavailable_status``, ``Retry-After``…)."""
+    status, headers, body = manager.error_page(error)
+    response.status = status
+    response.headers = Headers(headers)
+    response.set_data(body)
 
 
 def _connect_login_signal(app: Flask) -> None:

@@ -63,6 +63,7 @@ class SessionManager:
             secure=opts.secure,
             httponly=opts.httponly,
             samesite=opts.samesite,
+            partitioned=opts.partitioned,
         )
         self.factory = SessionFactory(
             store=self.store,

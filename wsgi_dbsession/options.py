@@ -51,6 +51,8 @@ class Options:
     override_app_errors: bool = True  # after an outage hit the session load, unavailable_status
     # replaces the app's own 5xx answer or exception (a framework's error page)
     user_key: str | None = None  # dotted path of the user id in the session data; None: off
+    # issue 24: CHIPS, the cookie's Partitioned attribute (cross-site embeds); needs Secure
+    partitioned: bool = False
 
     def __post_init__(self) -> None:
         hints = option_types()

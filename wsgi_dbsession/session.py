@@ -223,6 +223,16 @@ class Session(MutableMapping[str, Any]):
         """Whether the application has used the session in this request."""
         return self._loaded
 
+    @property
+    def modified(self) -> bool:
+        """Whether saving now would write the data: a change was seen, nested ones included."""
+        if not self._loaded:
+            return False
+        row = self._row
+        if row is None:
+            return bool(self._data)  # a new session is stored when it holds something
+        return self._changed or self._sid != row.sid or self._changed_in_place()
+
     def changed(self) -> None:
         """Mark the session changed, so it is saved even if no change was seen."""
         self._mapping()

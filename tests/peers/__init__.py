@@ -1,0 +1,1 @@
+"""Peers' own test suites, ported to run against this package (see docs/flask.md)."""
