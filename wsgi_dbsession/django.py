@@ -287,6 +287,10 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django has no type hin
 
     def _serialize(self, data: dict[str, Any], now: dt.datetime, expires: dt.datetime) -> str:
         """The row's text: express-session's cookie object and ``_created``, then Django's keys."""
+        for key in express.RESERVED_KEYS.intersection(data):
+            raise SerializationError(
+                f"{key!r} is reserved for the session machinery; choose another key", key
+            )
         max_age = None if self.get_expire_at_browser_close() else max(1, int(self.get_expiry_age()))
         record = self._record
         if record is None:
