@@ -41,7 +41,7 @@ class DjangoExample:
             "PYTHONPATH": os.pathsep.join((str(ROOT), str(EXAMPLE))),
             "XDG_RUNTIME_DIR": str(workdir),  # gunicorn's control socket, away from other runs
             "WSGI_DBSESSION_SECRET": secret,
-            "DJANGO_DATABASE": str(workdir / "django.sqlite3"),
+            "DJANGO_DATABASE": str(workdir / "django.sqlite"),
             "DBSESSION_URL": url,
             "DBSESSION_TABLE_NAME": table_name,
             "SESSION_COOKIE_AGE": str(cookie_age),

@@ -39,7 +39,7 @@ WSGI_APPLICATION = "project.wsgi.application"
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
-        "NAME": os.environ.get("DJANGO_DATABASE", BASE_DIR / "django.sqlite3"),
+        "NAME": os.environ.get("DJANGO_DATABASE", BASE_DIR / "django.sqlite"),
     }
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

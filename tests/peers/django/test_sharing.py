@@ -209,3 +209,27 @@ def test_a_read_costs_one_statement_and_writes_nothing(shared: Shared, alice: Us
     assert len(sent) == 1
     assert sent[0].lstrip().upper().startswith("SELECT")
     assert "Set-Cookie" not in response.headers
+
+
+def test_expire_at_browser_close_gives_a_browser_session_cookie_and_row(shared: Shared, alice: User) -> None:
+    django_app, _ = shared.browser()
+    with override_settings(SESSION_EXPIRE_AT_BROWSER_CLOSE=True):
+        response = django_app.get("/login", {"username": alice.username, "password": PASSWORD})
+    assert "Max-Age" not in response.headers["Set-Cookie"]
+    assert "expires" not in response.headers["Set-Cookie"]
+    stored = get_store().load(str(shared.sid(django_app)))
+    assert stored is not None
+    assert json.loads(stored.text)["cookie"]["originalMaxAge"] is None  # express-session's browser session
+
+
+def test_save_every_request_renews_the_cookie_and_the_rows_expiry(shared: Shared, alice: User) -> None:
+    django_app, _ = shared.browser()
+    log_in_on_django(django_app, alice)
+    sid = str(shared.sid(django_app))
+    get_store().touch(sid, dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=60))
+    with override_settings(SESSION_SAVE_EVERY_REQUEST=True):
+        response = django_app.get("/whoami")
+    assert "Max-Age=1209600" in response.headers["Set-Cookie"]
+    stored = get_store().load(sid)
+    assert stored is not None
+    assert stored.expires - dt.datetime.now(dt.timezone.utc) > dt.timedelta(days=13)
