@@ -33,6 +33,7 @@ import logging
 import threading
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.sessions.backends.base import SessionBase, UpdateError
 from django.contrib.sessions.exceptions import SessionInterrupted
@@ -259,9 +260,7 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django has no type hin
         self._modified = True  # the middleware sends the new key
 
     async def acycle_key(self) -> None:
-        from asgiref.sync import sync_to_async  # noqa: PLC0415 - Django's dependency, for the async API only
-
-        await sync_to_async(self.cycle_key)()
+        await sync_to_async(self.cycle_key)()  # Django's own runs two statements: create, then delete
 
     @classmethod
     def clear_expired(cls) -> None:

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 
 import pytest
 from django.conf import settings
 from django.contrib.sessions.middleware import SessionMiddleware
 from django.http import HttpRequest, HttpResponse
-from django.test import RequestFactory, override_settings
+from django.test import Client, RequestFactory, override_settings
 
 from tests.peers.django.tables import dbsession
 from wsgi_dbsession import django as dbsession_django
 from wsgi_dbsession.django import SessionStore, get_store
-from wsgi_dbsession.exceptions import SerializationError
+from wsgi_dbsession.exceptions import SerializationError, StoreUnavailable
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
@@ -108,3 +109,51 @@ def test_the_rows_own_keys_are_refused(engine_on: str, key: str) -> None:
     session[key] = 1
     with pytest.raises(SerializationError, match="reserved"):
         session.save()
+
+
+def test_parallel_requests_of_one_session_keep_every_key(engine_on: str) -> None:
+    """Eight requests read the session, then each saves its own key at once: none is lost."""
+    first = SessionStore()
+    first["seed"] = 0
+    first.save()
+    key = first.session_key
+    ready = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def request(number: int) -> None:
+        try:
+            session = SessionStore(key)
+            assert session["seed"] == 0  # read before any of the others wrote
+            ready.wait(timeout=10)
+            session[f"k{number}"] = number
+            session.save()
+        except BaseException as exc:  # reported by the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=request, args=(number,)) for number in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert errors == []
+    assert SessionStore(key).load() == {"seed": 0, **{f"k{number}": number for number in range(8)}}
+
+
+@override_settings(
+    ROOT_URLCONF="tests.peers.django.site",
+    MIDDLEWARE=[
+        "django.contrib.sessions.middleware.SessionMiddleware",
+        "django.contrib.auth.middleware.AuthenticationMiddleware",
+    ],
+)
+def test_an_unreachable_database_is_an_error_page_not_a_silent_loss() -> None:
+    unreachable = {**dbsession("postgresql"), "url": "postgresql://postgres@127.0.0.1:1/test"}
+    with override_settings(DBSESSION=unreachable):
+        try:
+            client = Client(raise_request_exception=False)
+            client.cookies[settings.SESSION_COOKIE_NAME] = "k" * 32
+            response = client.get("/whoami")
+            assert response.status_code == 500
+            assert isinstance(response.exc_info[1], StoreUnavailable)
+        finally:
+            dbsession_django.close()
