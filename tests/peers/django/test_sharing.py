@@ -1,15 +1,20 @@
-"""The sharing mode: a Django site and a plain WSGI app on one table, one cookie, one login.
+"""The sharing mode: a Django site and another app on one table, one cookie, one login.
 
 The Django site (``site.py``) runs behind ``wsgi_dbsession.django.SessionMiddleware``
-and Django's ``AuthenticationMiddleware``; the plain app is ``tests/apps.py``'s
-``session_app`` behind the package's WSGI ``SessionMiddleware`` with the same
-options. One cookie jar serves both, as a browser's does for two apps on one
-host. Each test runs on SQLite, PostgreSQL and MariaDB.
+and Django's ``AuthenticationMiddleware``. The other app answers the same
+routes (``/read``, ``/set``, ``/login``, ``/logout``) two ways: ``plain``,
+``tests/apps.py``'s ``session_app`` behind the package's WSGI
+``SessionMiddleware`` with the same options, and ``flask``,
+``tests/flask_apps.py``'s ``interop_app`` with ``DBSession(app)`` and the
+same options as ``DBSESSION_*`` keys. One cookie jar serves both apps, as a
+browser's does for two apps on one host. Each test runs on SQLite,
+PostgreSQL and MariaDB.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -23,6 +28,7 @@ from django.core.management import call_command
 from django.test import override_settings
 
 from tests.apps import session_app
+from tests.flask_apps import interop_app
 from tests.peers.django.tables import dbsession
 from wsgi_dbsession import SessionMiddleware
 from wsgi_dbsession import django as dbsession_django
@@ -54,11 +60,17 @@ def alice() -> User:
 
 
 class Shared:
-    """The Django site and the plain app on one table, and browsers with one jar for both."""
+    """The Django site and the other app on one table, and browsers with one jar for both."""
 
-    def __init__(self, options: dict[str, Any]) -> None:
+    def __init__(self, options: dict[str, Any], other: str) -> None:
         self.options = options
-        self.plain = SessionMiddleware(session_app, **options)
+        if other == "flask":
+            self.flask = interop_app({f"DBSESSION_{name.upper()}": value for name, value in options.items()})
+            self.plain: Any = self.flask
+            self.close_other = self.flask.extensions["dbsession"].close
+        else:
+            self.plain = SessionMiddleware(session_app, **options)
+            self.close_other = self.plain.close
         self.django = WSGIHandler()
 
     def browser(self) -> tuple[webtest.TestApp, webtest.TestApp]:
@@ -79,17 +91,20 @@ class Shared:
         return str(self.options["secret"]).encode()
 
 
-@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+@pytest.fixture(
+    params=itertools.product(["sqlite", "postgresql", "mariadb"], ["plain", "flask"]), ids="-".join
+)
 def shared(request: pytest.FixtureRequest, alice: User) -> Iterator[Shared]:
-    options = dbsession(str(request.param), user_key="_auth_user_id", cleanup_interval=0)
+    backend, other = request.param
+    options = dbsession(backend, user_key="_auth_user_id", cleanup_interval=0)
     with override_settings(DBSESSION=options, **SITE):
-        pair = Shared(options)
+        pair = Shared(options, other)
         try:
             yield pair
         finally:
             store = get_store()
             dbsession_django.close()
-            pair.plain.close()
+            pair.close_other()
             lease = store.table.name + LEASE_TABLE_SUFFIX
             store.table.drop(store.engine, checkfirst=True)
             with store.engine.connect() as conn:
