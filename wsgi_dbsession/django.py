@@ -44,7 +44,7 @@ from django.utils.deprecation import MiddlewareMixin
 
 from . import express
 from .cookies import encode_value, generate_sid, sign
-from .exceptions import SerializationError
+from .exceptions import SerializationError, SessionTooLarge
 from .manager import SessionManager
 from .prune import prune_once
 from .settings import parse_settings
@@ -297,7 +297,11 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django has no type hin
         elif record.max_age != max_age:
             record = self._record = dataclasses.replace(record, max_age=max_age)
         cookie = self._manager.cookie.attributes
-        return self._dumps(record.to_json(data, expires=expires, secure=self.secure, cookie=cookie))
+        text = self._dumps(record.to_json(data, expires=expires, secure=self.secure, cookie=cookie))
+        limit = self._manager.options.max_size
+        if limit is not None and len(text.encode("utf-8")) > limit:
+            raise SessionTooLarge(len(text.encode("utf-8")), limit)
+        return text
 
     def _decode(self, text: str) -> express.Record | None:
         try:

@@ -15,7 +15,7 @@ from django.test import Client, RequestFactory, override_settings
 from tests.peers.django.tables import dbsession
 from wsgi_dbsession import django as dbsession_django
 from wsgi_dbsession.django import SessionStore, get_store
-from wsgi_dbsession.exceptions import SerializationError, StoreUnavailable
+from wsgi_dbsession.exceptions import SerializationError, SessionTooLarge, StoreUnavailable
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
@@ -157,3 +157,14 @@ def test_an_unreachable_database_is_an_error_page_not_a_silent_loss() -> None:
             assert isinstance(response.exc_info[1], StoreUnavailable)
         finally:
             dbsession_django.close()
+
+
+def test_a_session_larger_than_max_size_is_refused_before_it_is_written(engine_on: str) -> None:
+    with override_settings(DBSESSION={**settings.DBSESSION, "max_size": 200}):
+        session = SessionStore()
+        session["small"] = "x"
+        session.save()
+        session["big"] = "x" * 200
+        with pytest.raises(SessionTooLarge):
+            session.save()
+        assert "big" not in SessionStore(session.session_key).load()
