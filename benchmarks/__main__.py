@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(request_cost.render(results[-1]))
             print(f"\n### Summary (median µs over {rounds} interleaved rounds)\n")
             print(request_cost.render_summary(results))
+            print(f"\n### Django's session engines (median µs over {rounds} interleaved rounds)\n")
+            print(request_cost.render_django(results))
             print(f"\n### CPU time of the benchmark process (median µs over {rounds} interleaved rounds)\n")
             print(request_cost.render_cpu(results))
             print("\n### Targets\n")

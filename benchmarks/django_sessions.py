@@ -1,4 +1,9 @@
-"""Django 5's database sessions as a WSGI app, on the benchmarks' databases.
+"""Django 5's sessions as a WSGI app, on the benchmarks' databases: three session engines.
+
+Django's ``db`` backend, its ``cached_db`` backend (the same table behind
+Django's default local-memory cache) and ``wsgi_dbsession.django`` (the
+package's table, configured by ``DBSESSION``), each behind Django's own
+``SessionMiddleware`` and the same view, so the rows compare engines alone.
 
 Django is configured in-process (``settings.configure``) with one database
 alias per backend: PostgreSQL through psycopg 3, MariaDB through Django's
@@ -88,28 +93,28 @@ def configure(workdir: Path) -> None:
 
 
 class DjangoSessions:
-    """Django's SessionMiddleware and db backend on ``backend``, its table ``table`` (created here)."""
+    """Django's SessionMiddleware on ``backend`` with one session engine, its table ``table`` (created here).
 
-    def __init__(self, backend: str, workdir: Path, table: str) -> None:
+    ``engine``: ``"db"`` (Django's database backend), ``"cached_db"`` (the
+    same behind Django's default local-memory cache) or ``"wsgi_dbsession"``
+    (``wsgi_dbsession.django``, on the package's table through ``DBSESSION``).
+    """
+
+    def __init__(self, backend: str, workdir: Path, table: str, engine: str = "db") -> None:
         configure(workdir)
-        from django.contrib.sessions.backends.db import SessionStore
-        from django.contrib.sessions.base_session import AbstractBaseSession
         from django.contrib.sessions.middleware import SessionMiddleware
         from django.core.handlers.wsgi import WSGIRequest
         from django.db import connections
         from django.http import HttpResponse
 
-        self.backend, self.table = backend, table
+        self.backend, self.table, self.engine = backend, table, engine
         self.connection = connections[backend]
-        meta = type("Meta", (), {"app_label": "sessions", "db_table": table})
-        self.model: Any = type(
-            f"Bench_{table}", (AbstractBaseSession,), {"__module__": __name__, "Meta": meta}
-        )
-        self.model.bench_alias = backend
-        model = self.model
-        store = type(f"Store_{table}", (SessionStore,), {"get_model_class": classmethod(lambda _cls: model)})
-        with self.connection.schema_editor() as editor:
-            editor.create_model(self.model)
+        self.model: Any = None
+        self.override: Any = None
+        if engine == "wsgi_dbsession":
+            store = self._dbsession_store(database_url(backend, workdir))
+        else:
+            store = self._django_store(engine)
 
         def view(request: Any) -> Any:
             path = request.path_info
@@ -133,10 +138,47 @@ class DjangoSessions:
 
         self.app: systems.App = app
 
+    def _django_store(self, engine: str) -> Any:
+        """A session model of its own (Django's ``AbstractBaseSession``) and a store class using it."""
+        from django.contrib.sessions.backends.cached_db import SessionStore as CachedDBStore
+        from django.contrib.sessions.backends.db import SessionStore as DBStore
+        from django.contrib.sessions.base_session import AbstractBaseSession
+
+        meta = type("Meta", (), {"app_label": "sessions", "db_table": self.table})
+        self.model = type(
+            f"Bench_{self.table}", (AbstractBaseSession,), {"__module__": __name__, "Meta": meta}
+        )
+        self.model.bench_alias = self.backend
+        model = self.model
+        base = CachedDBStore if engine == "cached_db" else DBStore
+        with self.connection.schema_editor() as editor:
+            editor.create_model(self.model)
+        return type(f"Store_{self.table}", (base,), {"get_model_class": classmethod(lambda _cls: model)})
+
+    def _dbsession_store(self, url: sa.URL) -> Any:
+        """wsgi_dbsession.django on ``url``: ``DBSESSION`` overridden until :meth:`close`."""
+        from django.test.utils import override_settings
+
+        from wsgi_dbsession.django import SessionStore, get_store
+
+        options = {"url": url.render_as_string(False), "table_name": self.table, "secret": SECRET}
+        self.override = override_settings(DBSESSION=options)
+        self.override.enable()
+        self.store = get_store()
+        self.store.create_table()
+        return SessionStore
+
     @contextmanager
     def counting(self) -> Iterator[list[str]]:
-        """The statements Django sends to the database while the block runs."""
+        """The statements the sessions send to the database while the block runs."""
         seen: list[str] = []
+        if self.override is not None:  # the package's store sees both of its statement paths
+            stop = self.store.on_statement(lambda statement, _parameters: seen.append(statement))
+            try:
+                yield seen
+            finally:
+                stop()
+            return
 
         def record(execute: Callable[..., Any], sql: str, *args: Any) -> Any:
             seen.append(sql)
@@ -150,6 +192,9 @@ class DjangoSessions:
         return self.connection.cursor()
 
     def close(self) -> None:
+        if self.override is not None:
+            self.override.disable()  # wsgi_dbsession.django closes its manager
+            return  # the caller drops the package's table with the other systems' tables
         with self.connection.schema_editor() as editor:
             editor.delete_model(self.model)
         self.connection.close()

@@ -42,9 +42,13 @@ SCENARIO_LABELS = {
 BARE, RAW, MIN, OURS, DJANGO, BEAKER = "bare app", "raw", "min", "wsgi_dbsession", "Django", "Beaker"
 # Row order of the tables and bar order of the chart.
 SYSTEMS = (RAW, MIN, OURS, DJANGO, BEAKER)
+# Django's SessionMiddleware with two more session engines, on the same requests
+# (a table of their own: render_django): Django's cached_db, and this package's.
+DJANGO_CACHED, DJANGO_OURS = "Django cached_db", "wsgi_dbsession.django"
+DJANGO_ENGINES = {DJANGO_CACHED: "cached_db", DJANGO_OURS: "wsgi_dbsession"}
 # The systems measured with an unused session: raw and min are no middleware
 # (they query whatever the handler does), the bare app is their baseline.
-UNUSED_SYSTEMS = (BARE, OURS, DJANGO, BEAKER)
+UNUSED_SYSTEMS = (BARE, OURS, DJANGO, BEAKER, *DJANGO_ENGINES)
 Key = tuple[str, str]  # (scenario, system)
 
 
@@ -63,6 +67,10 @@ class Contestants:
         self.ours = systems.ours(self.url, self.tables["ours"])
         self.beaker = systems.beaker(self.url, self.tables["beaker"], workdir / "beaker-locks")
         self.django = DjangoSessions(backend, workdir, self.django_table)
+        self.djangos = {DJANGO: self.django}
+        for system, engine in DJANGO_ENGINES.items():
+            self.tables[engine] = unique_table_name(f"bench_django_{engine}")
+            self.djangos[system] = DjangoSessions(backend, workdir, self.tables[engine], engine)
         self.apps: dict[str, systems.App] = {
             BARE: systems.bare_app,
             RAW: self.raw,
@@ -70,6 +78,7 @@ class Contestants:
             OURS: self.ours,
             DJANGO: self.django.app,
             BEAKER: self.beaker,
+            **{system: sessions.app for system, sessions in self.djangos.items()},
         }
         self.cookies = {
             name: systems.cookie_of(systems.call(app, "/new"))
@@ -84,7 +93,7 @@ class Contestants:
 
     def keys(self) -> list[Key]:
         keys: list[Key] = [("unused", system) for system in UNUSED_SYSTEMS]
-        keys += [(scenario, system) for scenario in SCENARIOS[1:] for system in SYSTEMS]
+        keys += [(scenario, system) for scenario in SCENARIOS[1:] for system in (*SYSTEMS, *DJANGO_ENGINES)]
         return keys
 
     def statements(self, scenario: str, system: str) -> int:
@@ -102,8 +111,8 @@ class Contestants:
             before = counted.statements
             run()
             return counted.statements - before
-        if system == DJANGO:
-            with self.django.counting() as sent:
+        if system in self.djangos:
+            with self.djangos[system].counting() as sent:
                 run()
             return sum(1 for sql in sent if sql.strip().upper() not in ("BEGIN", "COMMIT"))
         seen: list[str] = []
@@ -146,7 +155,7 @@ class Contestants:
 
     def _questions_reader(self, system: str) -> Callable[[], int]:
         sql = "SHOW SESSION STATUS LIKE 'Questions'"
-        if system in (RAW, MIN, DJANGO):
+        if system in (RAW, MIN, DJANGO, DJANGO_CACHED):
             cursor = {RAW: self.raw.connection.cursor, MIN: self.min.connection.cursor}.get(
                 system, self.django.cursor
             )()
@@ -157,7 +166,8 @@ class Contestants:
 
             return read_cursor
         # A single-threaded caller always gets the pool's one connection back.
-        engine = self.ours.store.engine if system == OURS else systems.beaker_engine(self.url)
+        stores = {OURS: self.ours.store, DJANGO_OURS: self.djangos[DJANGO_OURS].store}
+        engine = stores[system].engine if system in stores else systems.beaker_engine(self.url)
 
         def read_pooled() -> int:
             with engine.connect() as conn:
@@ -169,7 +179,8 @@ class Contestants:
         self.raw.close()
         self.min.close()
         self.ours.close()
-        self.django.close()
+        for sessions in self.djangos.values():
+            sessions.close()
         systems.dispose_beaker(self.url)
         drop_tables(self.url, list(self.tables.values()))
 
@@ -317,6 +328,31 @@ def render_summary(results: list[BackendResult]) -> str:
             for result in results
         ]
         rows.append([f"**{label}**", *cells])
+    return markdown_table(headers, rows)
+
+
+def render_django(results: list[BackendResult]) -> str:
+    """Django's SessionMiddleware with its db and cached_db engines and with wsgi_dbsession.django."""
+    engines = (DJANGO, DJANGO_CACHED, DJANGO_OURS)
+    headers = ["Django engine, µs per request"] + [
+        f"{result.backend} {' / '.join(SCENARIOS)} (statements)" for result in results
+    ]
+    rows: list[list[str]] = []
+    for system in engines:
+        cells = [
+            " / ".join(fmt_us(result.micros[(scenario, system)]) for scenario in SCENARIOS)
+            + " ("
+            + " / ".join(str(result.statements[(scenario, system)]) for scenario in SCENARIOS)
+            + ")"
+            for result in results
+        ]
+        rows.append([system, *cells])
+    for system in (DJANGO, DJANGO_CACHED):
+        cells = [
+            " / ".join(fmt_ratio(result.ratio(scenario, system, DJANGO_OURS)) for scenario in SCENARIOS)
+            for result in results
+        ]
+        rows.append([f"**{system} ÷ {DJANGO_OURS}**", *cells])
     return markdown_table(headers, rows)
 
 
