@@ -163,6 +163,39 @@ def test_without_the_option_a_row_without_created_is_read_without_a_write(make_a
     assert "_created" not in stored(middleware, sid)
 
 
+def test_flask_does_not_load_a_session_past_the_limit(tmp_path: Path) -> None:
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=SECRET,
+        DBSESSION_URL=sqlite_url(tmp_path),
+        DBSESSION_CLEANUP_INTERVAL=0,
+        DBSESSION_ABSOLUTE_MAX_AGE=600,
+    )
+    DBSession(app)
+
+    @app.get("/read")
+    def read() -> dict[str, Any]:
+        from flask import session
+
+        return dict(session)
+
+    manager = app.extensions["dbsession"]
+    try:
+        manager.store.create_table()
+        sid, old = generate_sid(), time.time() - 601
+        # Created 601 s ago; its expiry moved an hour ahead by a writer that knows no limit.
+        row = {"cookie": {"originalMaxAge": None, "expires": None}, "_created": old, "user": "alice"}
+        manager.store.write(sid, json.dumps(row), utcnow() + dt.timedelta(hours=1))
+        client = app.test_client()
+        client.set_cookie(manager.cookie.name, encode_value(sign(sid, SECRET)))
+        response = client.get("/read")
+        assert response.json == {}, "Flask loaded a session past its absolute limit"
+        assert any("Max-Age=0" in header for header in response.headers.getlist("Set-Cookie"))
+        assert manager.store.load(sid) is None
+    finally:
+        manager.close()
+
+
 @pytest.mark.parametrize("value", [0, -1])
 def test_absolute_max_age_must_be_a_positive_number_of_seconds(value: int, tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="absolute_max_age must be a positive number of seconds"):
