@@ -42,7 +42,7 @@ PLANTED = [
         "rolling-never-extends",
         "session.py",
         "        if not headers_sent and self._factory.rolling and self._touch_due(row, now := utcnow()):\n"
-        "            expires = now + dt.timedelta(seconds=self._record.lifetime())\n",
+        "            expires = self._record.expiry(now, self._factory.absolute_max_age)\n",
         "        if not headers_sent and self._factory.rolling and self._touch_due(row, now := utcnow()):\n"
         "            expires = row.expires\n",
         (

@@ -11,7 +11,6 @@ import datetime as dt
 import json
 import secrets
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -22,8 +21,14 @@ import webtest
 
 from conftest import SECRET, StatementLog
 from tests.apps import session_app
+from tests.node_helpers import (  # noqa: F401 - the fixtures `interop` and `node`
+    MAX_AGE,
+    Browser,
+    Interop,
+    interop_fixture,
+    node_fixture,
+)
 from tests.test_cli import UNREACHABLE, cli
-from tests.test_node_interop import MAX_AGE, Browser, Interop, node  # noqa: F401 - the node fixture
 from wsgi_dbsession import SessionMiddleware, SessionStore
 from wsgi_dbsession.dialects import USER_COLUMN, user_index_name
 from wsgi_dbsession.exceptions import ConfigurationError
@@ -194,20 +199,6 @@ def test_connect_session_knex_mysql_upsert_still_works_on_the_indexed_table(
     assert json.loads(stored)["passport"] == {"user": "erin"}
     assert store.user_sessions("dave") == []
     assert [s.sid for s in store.user_sessions("erin")] == ["knex-sid"]
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def interop(
-    request: pytest.FixtureRequest,
-    node: str,  # noqa: F811 - the fixture imported above
-    tmp_path: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Interop]:
-    pair = Interop(str(request.param), node, tmp_path, tmp_path_factory)
-    try:
-        yield pair
-    finally:
-        pair.close()
 
 
 @pytest.mark.slow

@@ -147,6 +147,7 @@ class SessionCookie:
             raise ConfigurationError('samesite must be "lax", "strict", "none" or None')
         if self.secure not in (True, False, "auto"):
             raise ConfigurationError('secure must be True, False or "auto"')
+        _check_name_prefix(self.name, self.secure, self.path, self.domain)
         if self.samesite == "none" and self.secure is False:
             raise ConfigurationError(
                 'samesite="none" needs secure=True (or "auto" behind https): browsers refuse '
@@ -237,6 +238,30 @@ class SessionCookie:
         return (
             "Set-Cookie",
             f"{self.name}={self._before_expiry}; expires={_EPOCH}; Max-Age=0{self._tails[secure]}",
+        )
+
+
+def _check_name_prefix(name: str, secure: Secure, path: str, domain: str | None) -> None:
+    """Refuse a ``__Host-`` or ``__Secure-`` name whose attributes break its prefix's rule
+    (RFC 6265bis, "Cookie Name Prefixes"): browsers drop such a cookie without a word, so
+    every session would be forgotten. Browsers match the prefixes case-insensitively."""
+    host = name.lower().startswith("__host-")
+    if not host and not name.lower().startswith("__secure-"):
+        return
+    broken = [] if secure is True else [f"secure={secure!r}"]
+    if secure == "auto":
+        broken[0] += " (a request over plain http would get no Secure flag)"
+    if host and path != "/":
+        broken.append(f"path={path!r}")
+    if host and domain is not None:
+        broken.append(f"domain={domain!r}")
+    if broken:
+        prefix, rule = (
+            ("__Host-", 'secure=True, path="/" and no domain') if host else ("__Secure-", "secure=True")
+        )
+        raise ConfigurationError(
+            f"cookie_name {name!r}: a {prefix} cookie needs {rule}, or browsers drop it and every "
+            f"session is forgotten; got {', '.join(broken)}"
         )
 
 

@@ -78,10 +78,26 @@ class Record:
     created: float  # seconds since the epoch
     max_age: int | None
     cookie_extra: Mapping[str, Any] = field(default_factory=dict)
+    # False for a row without ``_created`` (written by express-session): ``created``
+    # is then the time this package loaded it, stored at its next write.
+    created_stored: bool = True
 
     def lifetime(self) -> int:
         """Seconds the row lives from its last write."""
         return self.max_age if self.max_age is not None else BROWSER_SESSION_ROW_LIFETIME
+
+    def expiry(self, now: dt.datetime, absolute_max_age: int | None) -> dt.datetime:
+        """The row's expiry when written at ``now``: its lifetime from now, never past
+        ``created + absolute_max_age`` (seconds), so the ordinary prune removes a
+        session the absolute limit ended."""
+        expires = now + dt.timedelta(seconds=self.lifetime())
+        if absolute_max_age is None:
+            return expires
+        return min(expires, dt.datetime.fromtimestamp(self.created + absolute_max_age, UTC))
+
+    def ended(self, now: dt.datetime, absolute_max_age: int | None) -> bool:
+        """Whether the absolute lifetime (seconds from ``created``; None: none) is over."""
+        return absolute_max_age is not None and now.timestamp() >= self.created + absolute_max_age
 
     def to_json(
         self, data: Mapping[str, Any], *, expires: dt.datetime, secure: bool, cookie: CookieAttributes
@@ -125,11 +141,13 @@ def decode(payload: Any, default_max_age: int | None, now: dt.datetime) -> Recor
     data = dict(payload)
     cookie = data.pop(COOKIE_KEY, None)
     created = data.pop(CREATED_KEY, None)
+    stored = isinstance(created, (int, float)) and not isinstance(created, bool)
     return Record(
         data=data,
-        created=float(created) if isinstance(created, (int, float)) else now.timestamp(),
+        created=float(created) if stored else now.timestamp(),
         max_age=_stored_max_age(cookie, default_max_age),
         cookie_extra=_foreign_cookie_fields(cookie),
+        created_stored=stored,
     )
 
 

@@ -72,6 +72,7 @@ class SessionManager:
             rolling=opts.rolling,
             touch_after=opts.touch_after,
             max_size=opts.max_size,
+            absolute_max_age=opts.absolute_max_age,
         )
         self.pruner = (
             PruneScheduler(self.store, interval=opts.cleanup_interval, batch_size=opts.cleanup_batch_size)

@@ -53,6 +53,9 @@ class Options:
     user_key: str | None = None  # dotted path of the user id in the session data; None: off
     # issue 24: CHIPS, the cookie's Partitioned attribute (cross-site embeds); needs Secure
     partitioned: bool = False
+    # Issue 29 (ASVS 4.0.3 V3.3.2): seconds from a session's creation after which it ends
+    # whatever its activity (it no longer loads, its cookie is expired); None: no limit.
+    absolute_max_age: int | None = None
 
     def __post_init__(self) -> None:
         hints = option_types()
@@ -62,6 +65,7 @@ class Options:
             raise ConfigurationError("give url or engine, not both")
         _positive("max_age", self.max_age, "seconds, or None for a browser-session cookie")
         _positive("max_size", self.max_size, "bytes, or None for no limit")
+        _positive("absolute_max_age", self.absolute_max_age, "seconds, or None for no absolute limit")
         _positive("cleanup_batch_size", self.cleanup_batch_size, "rows")
         if self.touch_after < 0:
             raise ConfigurationError("touch_after must be zero or more seconds")

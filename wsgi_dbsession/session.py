@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import logging
+import math
 import secrets
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field, replace
@@ -67,6 +68,7 @@ class SessionFactory:
     rolling: bool  # extend the expiry on activity, not only on writes
     touch_after: int  # seconds between two expiry touches of an unchanged session
     max_size: int | None  # bytes of serialized session; None: no limit
+    absolute_max_age: int | None = None  # seconds from creation a session may live; None: no limit
 
     def open(self, cookie_header: str | None) -> Session:
         """The session of a request with this ``Cookie`` header; loads nothing yet."""
@@ -126,6 +128,13 @@ class Session(MutableMapping[str, Any]):
         if record is None or sid is None or stored is None:
             self._start_fresh(now)
             return
+        if record.ended(now, self._factory.absolute_max_age):
+            # Its capped expiry was moved on by a writer that does not know the limit
+            # (express-session), or the limit is newer than the row: end it as a logout does.
+            log.info("a session reached absolute_max_age; it is ended and the request gets a new one")
+            self._start_fresh(now)
+            self._doomed_sid, self._expire_cookie = sid, True
+            return
         self._data = record.data
         self._record = record
         self._sid: str | None = sid
@@ -135,7 +144,9 @@ class Session(MutableMapping[str, Any]):
             # the first, so the old secret can go without logging anyone out. A header only.
             remaining = max(1, int((stored.expires - now).total_seconds()))
             self._cookie_update = CookieUpdate(sid, None if record.max_age is None else remaining)
-        self._changed = False
+        # A row express-session wrote has no creation time: with an absolute limit,
+        # store the one it was given now, so the limit counts from here.
+        self._changed = not record.created_stored and self._factory.absolute_max_age is not None
         # Values handed to the app that it could change in place, as they
         # were serialized then: a nested change shows against them.
         self._snapshots: dict[str, str] = {}
@@ -325,7 +336,7 @@ class Session(MutableMapping[str, Any]):
             return None
         update = self._write(secure, headers_sent)
         if update is not None:
-            self._cookie_update = update
+            self._cookie_update = self._within_absolute_limit(update)
         return self._cookie_update
 
     def _write(self, secure: bool, headers_sent: bool) -> CookieUpdate | None:
@@ -349,7 +360,7 @@ class Session(MutableMapping[str, Any]):
         if self._changed or self._changed_in_place():
             return self._save_changed(row, utcnow(), secure)
         if not headers_sent and self._factory.rolling and self._touch_due(row, now := utcnow()):
-            expires = now + dt.timedelta(seconds=self._record.lifetime())
+            expires = self._record.expiry(now, self._factory.absolute_max_age)
             if store.touch(row.sid, expires):
                 self._row = replace(row, expires=expires)
                 return CookieUpdate(row.sid, self._record.max_age)
@@ -433,6 +444,15 @@ class Session(MutableMapping[str, Any]):
         self._mark_saved(row.sid, text, expires)
         return True
 
+    def _within_absolute_limit(self, update: CookieUpdate) -> CookieUpdate:
+        """The cookie's Max-Age cut to what the absolute limit leaves: the browser
+        drops the cookie when the row ends. A browser-session cookie stays one."""
+        limit = self._factory.absolute_max_age
+        if limit is None or update.sid is None or update.max_age is None:
+            return update
+        remaining = math.ceil(self._record.created + limit - utcnow().timestamp())
+        return replace(update, max_age=max(1, min(update.max_age, remaining)))
+
     def _mark_saved(self, sid: str, text: str, expires: dt.datetime) -> None:
         self._row = StoredRow(sid, text, expires, self._record.max_age)
         self._changed = False
@@ -451,8 +471,8 @@ class Session(MutableMapping[str, Any]):
         )
 
     def _touch_due(self, row: StoredRow, now: dt.datetime) -> bool:
-        remaining = (row.expires - now).total_seconds()
-        return self._record.lifetime() - remaining >= self._factory.touch_after
+        extension = self._record.expiry(now, self._factory.absolute_max_age) - row.expires
+        return extension.total_seconds() >= self._factory.touch_after
 
     def _dumps(self, data: dict[str, Any]) -> str:
         try:
@@ -463,7 +483,7 @@ class Session(MutableMapping[str, Any]):
     def _serialize(self, data: dict[str, Any], now: dt.datetime, secure: bool) -> tuple[str, dt.datetime]:
         """The stored text (express's cookie object first) and the new expiry."""
         record = self._record
-        expires = now + dt.timedelta(seconds=record.lifetime())
+        expires = record.expiry(now, self._factory.absolute_max_age)
         text = self._dumps(
             record.to_json(data, expires=expires, secure=secure, cookie=self._factory.cookie.attributes)
         )
