@@ -17,14 +17,20 @@ from urllib.parse import urlencode
 import pytest
 
 from tests.django_served import DjangoBrowser, DjangoExample
-from tests.test_node_interop import MAX_AGE, SECRET_A, Interop, interop, node  # noqa: F401 - fixtures
+from tests.node_helpers import (  # noqa: F401 - the fixtures `interop` and `node`
+    MAX_AGE,
+    SECRET_A,
+    Interop,
+    interop_fixture,
+    node_fixture,
+)
 from wsgi_dbsession import SessionStore
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def apps(interop: Interop, tmp_path: Path) -> Iterator[tuple[str, str]]:  # noqa: F811 - the fixture
+def apps(interop: Interop, tmp_path: Path) -> Iterator[tuple[str, str]]:
     """The Express app and the Django app on the interop table: their base URLs."""
     express = interop.start_node(secrets=(SECRET_A,), max_age_ms=MAX_AGE * 1000)
     django = DjangoExample(
@@ -42,7 +48,7 @@ def apps(interop: Interop, tmp_path: Path) -> Iterator[tuple[str, str]]:  # noqa
 
 
 def test_destroy_user_sessions_ends_a_django_users_sessions_in_django_and_in_express(
-    interop: Interop,  # noqa: F811 - the fixture
+    interop: Interop,
     apps: tuple[str, str],
 ) -> None:
     express, django = apps
