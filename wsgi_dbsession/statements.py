@@ -250,6 +250,7 @@ class StatementRunner:
         self._forget_inherited_pool()
         conflicts = 0
         reconnected = False
+        redirected = False  # tried again after landing on a read-only server (issue 26)
         while True:
             try:
                 return attempt()
@@ -257,6 +258,18 @@ class StatementRunner:
                 if exc.connection_invalidated and not reconnected:
                     log.info("session store connection was lost; retrying on a fresh one")
                     reconnected = True
+                    continue
+                if self.dialect.is_read_only(exc):
+                    if redirected:
+                        raise StoreUnavailable(
+                            f"the session database is read-only, a failover is in progress: {exc.orig!r}"
+                        ) from exc
+                    # A failover made this server a standby: its pooled
+                    # connections all lead there, so none is kept, and a
+                    # fresh one finds the new primary (HAProxy, a multi-host URL).
+                    log.info("session store connection reached a read-only server; retrying on a fresh one")
+                    self.engine.dispose()
+                    redirected = True
                     continue
                 if self.dialect.is_conflict(exc) and conflicts < CONFLICT_RETRIES:
                     conflicts += 1
