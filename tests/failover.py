@@ -147,7 +147,6 @@ class Outcome:
     ended: float
     status: int | None  # None: no HTTP answer (the error is in ``error``)
     value: int | None = None
-    pid: int | None = None
     error: str = ""
 
 
@@ -171,7 +170,7 @@ class Writer:
                 outcome = Outcome(started, time.monotonic(), response.status, error=repr(response.body[:200]))
                 if response.status == 200:
                     answer = json.loads(response.body)
-                    outcome.value, outcome.pid = answer["value"], answer["pid"]
+                    outcome.value = answer["value"]
                     self.cookie = session_cookie(response) or self.cookie
                 self.outcomes.append(outcome)
             time.sleep(pause)
@@ -214,7 +213,6 @@ class Switch:
     window: tuple[float, float] | None  # first and last 503, from the kill
     failed_after_recovery: list[str]  # not 200 though started 5 s after the new server took writes
     regressions: list[str]  # an acknowledged value followed by a lower or equal one: a lost write
-    pids_after: set[int]
     slowest: float  # seconds: the longest request that was going on at the kill or started after it
 
     def line(self, name: str, writable: float) -> str:
@@ -251,7 +249,6 @@ def switch_of(writers: list[Writer], killed: float, writable: float, recovery: f
             if o.started > writable + recovery and o.status != 200
         ],
         regressions=regressions,
-        pids_after={o.pid for o in outcomes if o.pid is not None and o.started > writable + recovery},
         slowest=max((o.ended - o.started for o in outcomes if o.ended > killed), default=0.0),
     )
 
