@@ -229,17 +229,24 @@ def _middleware(url: str, table: str) -> tuple[webtest.TestApp, SessionMiddlewar
     return webtest.TestApp(middleware), middleware
 
 
+# Makes a connection refuse writes as a standby's does: SQLSTATE 25006 (MariaDB's error 1792).
+READ_ONLY_SESSION = {
+    "postgresql": "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+    "mariadb": "SET SESSION TRANSACTION READ ONLY",
+}
+
+
+@pytest.mark.parametrize("backend", sorted(READ_ONLY_SESSION))
 def test_a_connection_to_a_read_only_server_is_dropped_and_the_write_retried(
-    caplog: pytest.LogCaptureFixture,
+    backend: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     table = unique_table_name("read_only")
-    client, middleware = _middleware(LIVE_URLS["postgresql"], table)
+    client, middleware = _middleware(LIVE_URLS[backend], table)
     try:
         assert client.get("/").text == "1"
-        # The pooled connection now behaves as one to a standby: writes get 25006.
         raw = middleware.store.engine.raw_connection()
         try:
-            raw.cursor().execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+            raw.cursor().execute(READ_ONLY_SESSION[backend])
         finally:
             raw.close()
         with caplog.at_level(logging.INFO, logger="wsgi_dbsession"):

@@ -445,8 +445,9 @@ class MySQL(SessionDialect):
     conflict_codes = frozenset((1213, 1205))
     # 1044/1045/1698: access denied (database, password, auth plugin); 1049: unknown database.
     misconfiguration_codes = frozenset((1044, 1045, 1049, 1698))
-    # 1290: the server runs with --read-only (a replica); 1836: read-only mode.
-    read_only_codes = frozenset((1290, 1836))
+    # 1290: the server runs with --read-only (a replica); 1836: read-only mode;
+    # 1792: a read-only transaction (SQLSTATE 25006, as PostgreSQL's).
+    read_only_codes = frozenset((1290, 1792, 1836))
 
     def bind_expiry(self, value: dt.datetime) -> Any:
         # DATETIME keeps whole seconds; MySQL would round, MariaDB truncate:
