@@ -210,7 +210,7 @@ class Switch:
     in_flight: int  # requests that had started and not ended when the server died
     unavailable: int  # answered 503
     other_errors: list[str]  # any other status, or no answer
-    window: tuple[float, float] | None  # first and last 503, from the kill
+    window: tuple[float, float] | None  # when the first and last 503 started, from the kill
     failed_after_recovery: list[str]  # not 200 though started 5 s after the new server took writes
     regressions: list[str]  # an acknowledged value followed by a lower or equal one: a lost write
     slowest: float  # seconds: the longest request that was going on at the kill or started after it

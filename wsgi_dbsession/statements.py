@@ -2,7 +2,8 @@
 
 Every statement runs through :class:`StatementRunner`, which owns what
 surrounds it: a fresh pool in a forked process, one retry on a fresh
-connection after a disconnect, retries of a lost race (a deadlock, a
+connection after a disconnect or on a read-only server (a failover's old
+primary), retries of a lost race (a deadlock, a
 cluster's certification conflict), and the translation of driver errors
 into the package's own.
 
