@@ -18,7 +18,7 @@
 #   first, mysql-check), both with on-marked-down shutdown-sessions.
 #
 # Idempotent: a service that is up and healthy is left as it is (a second run
-# takes well under a second); one that is not is stopped, wiped and started
+# takes a second or two); one that is not is stopped, wiped and started
 # afresh, except a Galera or Patroni node that is down while the rest of its
 # cluster is up: that node is started again and rejoins (the failover tests
 # kill one, then run this script). Its files live in $WSGI_DBSESSION_SERVICES_DIR
