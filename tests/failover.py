@@ -17,18 +17,23 @@ import contextlib
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+import pymysql
 
-from tests.topology import ROOT, START_SERVICES, get, service_missing, session_cookie
+from conftest import stop_process
+from tests.topology import ROOT, START_SERVICES, free_port, get, service_missing, session_cookie
+from wsgi_dbsession import SessionStore
 
 SERVICES_DIR = Path(os.environ.get("WSGI_DBSESSION_SERVICES_DIR", "/var/tmp/wsgi_dbsession-services"))
 PATRONI_PORTS = (5441, 5442)
@@ -136,6 +141,60 @@ def kill_galera_node(node: int) -> None:
     pids = pids_matching(f"--defaults-file={SERVICES_DIR}/galera/node{node}.cnf")
     assert pids, f"Galera node {node} is not running"
     kill_9(pids)
+
+
+# -- a read-only MariaDB of the test's own ---------------------------------------------
+
+
+@contextlib.contextmanager
+def read_only_mariadb(table: str) -> Iterator[str]:
+    """A MariaDB server of its own with ``read_only=1`` and the sessions table ``table``; yields its URL.
+
+    Its user ``app`` has every right on ``test`` but not the one that bypasses
+    ``read_only``: its writes get error 1290, as on a replica. (``SET GLOBAL``
+    on the shared servers would reach every other test.)
+    """
+    # Not under pytest's tmp_path: its parents are closed to the mysql user.
+    workdir = Path(tempfile.mkdtemp(prefix="wsgi_dbsession-read-only-"))
+    data, port = workdir / "data", free_port()
+    data.mkdir()
+    shutil.chown(workdir, "mysql", "mysql")
+    shutil.chown(data, "mysql", "mysql")
+    subprocess.run(
+        ["mariadb-install-db", "--no-defaults", f"--datadir={data}", "--user=mysql", "--skip-test-db",
+         "--auth-root-authentication-method=normal"],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    server = subprocess.Popen(
+        ["mariadbd", "--no-defaults", f"--datadir={data}", "--user=mysql", f"--port={port}",
+         "--bind-address=127.0.0.1", f"--socket={workdir}/mysqld.sock", f"--pid-file={workdir}/mysqld.pid",
+         "--skip-name-resolve", f"--log-error={workdir}/error.log", "--innodb-buffer-pool-size=16M",
+         "--performance-schema=OFF"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        url = f"mysql://app@127.0.0.1:{port}/test"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                root = pymysql.connect(host="127.0.0.1", port=port, user="root", connect_timeout=2)
+                break
+            except pymysql.err.OperationalError:
+                log = (workdir / "error.log").read_text(errors="replace")
+                assert server.poll() is None and time.monotonic() < deadline, log
+                time.sleep(0.2)
+        with root.cursor() as cursor:
+            cursor.execute("CREATE DATABASE test")
+            cursor.execute("CREATE USER app@'127.0.0.1'")
+            cursor.execute("GRANT ALL ON test.* TO app@'127.0.0.1'")
+        SessionStore(url=url, table_name=table).create_table()
+        with root.cursor() as cursor:
+            cursor.execute("SET GLOBAL read_only = 1")
+        root.close()
+        yield url
+    finally:
+        stop_process(server, timeout=30)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 # -- clients under load -------------------------------------------------------------

@@ -52,6 +52,7 @@ from tests.failover import (
     kill_patroni_node,
     new_shared_session,
     patroni_answers,
+    read_only_mariadb,
     require_patroni,
     restart_services,
     switch_of,
@@ -258,19 +259,35 @@ def test_a_connection_to_a_read_only_server_is_dropped_and_the_write_retried(
         middleware.close()
 
 
-def test_a_standby_answers_503_never_500() -> None:
+def test_a_standby_answers_503_never_500(caplog: pytest.LogCaptureFixture) -> None:
     standby = PATRONI_PORTS[3 - require_patroni() - 1]
     table = unique_table_name("standby")
     on_primary = SessionStore(url=HAPROXY_PG_URL, table_name=table)
     on_primary.create_table()  # replicated: the standby has it too, and only refuses the write
-    client, middleware = _middleware(f"postgresql://postgres@127.0.0.1:{standby}/test", table)
     try:
-        response = client.get("/", expect_errors=True)
-        assert response.status_int == 503, response.text
+        assert_503_for_a_read_only_server(f"postgresql://postgres@127.0.0.1:{standby}/test", table, caplog)
     finally:
-        middleware.close()
         drop_table(on_primary.engine, on_primary.table)
         on_primary.dispose()
+
+
+def assert_503_for_a_read_only_server(url: str, table: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A write through ``url`` is a 503 whose logged cause says the server is read-only (tried twice)."""
+    client, middleware = _middleware(url, table)
+    try:
+        with caplog.at_level(logging.INFO, logger="wsgi_dbsession"):
+            response = client.get("/", expect_errors=True)
+        assert response.status_int == 503, response.text
+        causes = [str(record.exc_info[1]) for record in caplog.records if record.exc_info]
+        assert any("read-only, a failover is in progress" in cause for cause in causes), causes
+    finally:
+        middleware.close()
+
+
+def test_a_read_only_mariadb_answers_503_never_500(caplog: pytest.LogCaptureFixture) -> None:
+    table = unique_table_name("read_only")
+    with read_only_mariadb(table) as url:
+        assert_503_for_a_read_only_server(url, table, caplog)
 
 
 # -- 3: a Galera node --------------------------------------------------------------------
