@@ -257,6 +257,14 @@ class SessionDialect:
         """Whether the error is a lost race (deadlock, certification conflict): try again."""
         return False
 
+    def is_read_only(self, exc: DBAPIError) -> bool:
+        """Whether the server refused a write for being read-only: a standby, a demoted primary.
+
+        The connection reached the wrong server (a failover moved the
+        primary): discard it and try a fresh one.
+        """
+        return False
+
     # -- a user's sessions (user_key) -----------------------------------------
 
     def user_expression(self, columns: SessionColumns, path: str) -> sa.ColumnElement[Any]:
@@ -406,6 +414,10 @@ class PostgreSQL(SessionDialect):
     def is_conflict(self, exc: DBAPIError) -> bool:
         return getattr(exc.orig, "sqlstate", None) in ("40001", "40P01")
 
+    def is_read_only(self, exc: DBAPIError) -> bool:
+        # read_only_sql_transaction: what a hot standby, or a primary Patroni demoted, answers a write.
+        return getattr(exc.orig, "sqlstate", None) == "25006"
+
     def user_expression(self, columns: SessionColumns, path: str) -> sa.ColumnElement[Any]:
         # json's own #>> (no cast to jsonb): text out, a number as its digits.
         literal = "'{" + ",".join(user_path(path)) + "}'"
@@ -469,6 +481,9 @@ class MySQL(SessionDialect):
     conflict_codes = frozenset((1213, 1205))
     # 1044/1045/1698: access denied (database, password, auth plugin); 1049: unknown database.
     misconfiguration_codes = frozenset((1044, 1045, 1049, 1698))
+    # 1290: the server runs with --read-only (a replica); 1836: read-only mode;
+    # 1792: a read-only transaction (SQLSTATE 25006, as PostgreSQL's).
+    read_only_codes = frozenset((1290, 1792, 1836))
 
     def bind_expiry(self, value: dt.datetime) -> Any:
         # DATETIME keeps whole seconds; MySQL would round, MariaDB truncate:
@@ -530,6 +545,9 @@ class MySQL(SessionDialect):
 
     def is_conflict(self, exc: DBAPIError) -> bool:
         return _error_code(exc) in self.conflict_codes
+
+    def is_read_only(self, exc: DBAPIError) -> bool:
+        return _error_code(exc) in self.read_only_codes
 
     def user_expression(self, columns: SessionColumns, path: str) -> sa.ColumnElement[Any]:
         return _user_column(self, path)

@@ -2,7 +2,8 @@
 
 Every statement runs through :class:`StatementRunner`, which owns what
 surrounds it: a fresh pool in a forked process, one retry on a fresh
-connection after a disconnect, retries of a lost race (a deadlock, a
+connection after a disconnect or on a read-only server (a failover's old
+primary), retries of a lost race (a deadlock, a
 cluster's certification conflict), and the translation of driver errors
 into the package's own.
 
@@ -255,6 +256,7 @@ class StatementRunner:
         conflicts = 0
         reconnected = False
         deadline = None
+        redirected = False  # tried again after landing on a read-only server (issue 26)
         while True:
             try:
                 return attempt()
@@ -262,6 +264,18 @@ class StatementRunner:
                 if exc.connection_invalidated and not reconnected:
                     log.info("session store connection was lost; retrying on a fresh one")
                     reconnected = True
+                    continue
+                if self.dialect.is_read_only(exc):
+                    if redirected:
+                        raise StoreUnavailable(
+                            f"the session database is read-only, a failover is in progress: {exc.orig!r}"
+                        ) from exc
+                    # A failover made this server a standby: its pooled
+                    # connections all lead there, so none is kept, and a
+                    # fresh one finds the new primary (HAProxy, a multi-host URL).
+                    log.info("session store connection reached a read-only server; retrying on a fresh one")
+                    self.engine.dispose()
+                    redirected = True
                     continue
                 if not self.dialect.is_conflict(exc):
                     raise store_error(exc, self.dialect, self.engine.url.database) from exc
