@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from conftest import LIVE_URLS, SECRET
 from tests.apps import session_app
+from tests.test_benchmarks_smoke import run_module
 from wsgi_dbsession import SessionMiddleware, SessionStore, generate_sid, sign
 from wsgi_dbsession.cookies import encode_value
 from wsgi_dbsession.observe import METRICS, Event
@@ -333,3 +334,9 @@ def test_a_retried_conflict_is_counted(tmp_path_factory: pytest.TempPathFactory)
 def _short_lock_wait(dbapi_connection: Any, _record: Any) -> None:
     with dbapi_connection.cursor() as cursor:
         cursor.execute("SET SESSION innodb_lock_wait_timeout = 1")
+
+
+def test_the_observer_benchmark_runs() -> None:
+    """``python -m benchmarks.observer_cost --quick`` ends with its table (its numbers are not checked)."""
+    out = run_module("benchmarks.observer_cost", "--quick", "--databases", "sqlite")
+    assert "| read    | unobserved " in out and "| request | OpenTelemetry " in out, out

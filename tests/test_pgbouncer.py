@@ -198,6 +198,28 @@ def test_default_url_stops_preparing_once_and_no_statement_fails(
         reconnect_pooler()  # no statement prepared here stays on the pooler's server connections
 
 
+def test_a_direct_connection_keeps_preparing(caplog: pytest.LogCaptureFixture) -> None:
+    """Straight to PostgreSQL, the default URL keeps psycopg's prepared statements (a read costs less)."""
+    store = SessionStore(url=POSTGRES_URL, table_name=unique_table_name("prepared"))
+    try:
+        with caplog.at_level(logging.WARNING, logger="wsgi_dbsession"):
+            store.set("a-session", {"n": 1}, utcnow() + DAY)
+            for _ in range(10):
+                assert store.get("a-session") == {"n": 1}
+        assert UNPREPARED_WARNING not in caplog.text
+        connection = store.engine.raw_connection()  # the one connection the loads used
+        try:
+            dbapi_connection: Any = connection.dbapi_connection
+            assert dbapi_connection.prepare_threshold == 5
+            prepared = dbapi_connection.execute("SELECT statement FROM pg_prepared_statements").fetchall()
+            assert any(store.table.name in statement for (statement,) in prepared), prepared
+        finally:
+            connection.close()
+    finally:
+        drop_table(store.engine, store.table)
+        store.dispose()
+
+
 def test_session_pooling_counts(tmp_path: Path) -> None:
     count_through(PGBOUNCER_SESSION_URL, tmp_path, workers=2, threads=4, clients=8, requests=50)
 

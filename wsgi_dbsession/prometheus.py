@@ -13,6 +13,8 @@ multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``) adds up every worker's.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
 from .observe import BUCKETS, Metric, MetricsBridge
@@ -30,6 +32,7 @@ class PrometheusMetrics(MetricsBridge[Counter | Histogram]):
     def __init__(self, registry: CollectorRegistry = REGISTRY, *, prefix: str = PREFIX) -> None:
         self.registry = registry
         self.prefix = prefix
+        self._children: dict[tuple[str, ...], Any] = {}
         super().__init__()
 
     def instrument(self, metric: Metric) -> Counter | Histogram:
@@ -43,8 +46,14 @@ class PrometheusMetrics(MetricsBridge[Counter | Histogram]):
     def record(
         self, metric: Metric, instrument: Counter | Histogram, value: float, labels: dict[str, str]
     ) -> None:
-        target = instrument.labels(**labels) if labels else instrument
-        if isinstance(target, Histogram):
+        target: Any = instrument
+        if labels:
+            # A dict lookup instead of labels(), which validates and locks on every call.
+            key = (metric.name, *labels.values())
+            target = self._children.get(key)
+            if target is None:
+                target = self._children[key] = instrument.labels(**labels)
+        if metric.value == "seconds":
             target.observe(value)
         else:
             target.inc(value)

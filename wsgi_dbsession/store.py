@@ -30,8 +30,8 @@ from .dialects import (
 )
 from .exceptions import ConfigurationError, StoreError
 from .express import BROWSER_SESSION_ROW_LIFETIME, COOKIE_KEY, CREATED_KEY, UTC, strip_reserved
+from .observe import Event, Observers
 from .observe import Observer as MetricsObserver
-from .observe import Observers
 from .statements import Observer, Prepared, StatementRunner, transaction
 
 log = logging.getLogger(__name__)
@@ -363,7 +363,9 @@ class SessionStore:
     def load(self, sid: str, now: dt.datetime | None = None) -> StoredSession | None:
         """The live row for ``sid``; an expired row is never returned."""
         row = self.runner.first(self._select, {"sid": sid, "now": now or utcnow()})
-        self.runner.observers.count("load", outcome="missing" if row is None else "found")
+        observers = self.runner.observers
+        if observers.callbacks:  # tested here, not in count(): a load is the hottest path
+            observers.emit(Event("load", outcome="missing" if row is None else "found"))
         return None if row is None else StoredSession(row[0], row[1])
 
     def write(self, sid: str, text: str, expires: dt.datetime) -> None:
