@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import re
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +25,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from prometheus_client import CollectorRegistry, generate_latest
 
-from conftest import LIVE_URLS, SECRET
+from conftest import LIVE_URLS, SECRET, unique_table_name
 from tests.apps import session_app
 from tests.test_benchmarks_smoke import run_module
 from wsgi_dbsession import SessionMiddleware, SessionStore, generate_sid, sign
@@ -340,3 +345,66 @@ def test_the_observer_benchmark_runs() -> None:
     """``python -m benchmarks.observer_cost --quick`` ends with its table (its numbers are not checked)."""
     out = run_module("benchmarks.observer_cost", "--quick", "--databases", "sqlite")
     assert "| read    | unobserved " in out and "| request | OpenTelemetry " in out, out
+
+
+# -- docs/metrics.md runs as written ---------------------------------------------
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
+DOC_URL = "postgresql://app@db/app"  # what the page's examples connect to
+DOC_PRELUDE = """
+import sys
+from tests.apps import session_app as wsgi_app
+SECRET = "x" * 32
+"""
+# After each example: four requests, and what its metrics show.
+DOC_REQUESTS = {
+    "observer": "app.store.create_table()\nimport webtest\nclient = webtest.TestApp(app)\n",
+    "prometheus": "import webtest\nclient = webtest.TestApp(application)\n",
+    "opentelemetry": "import webtest\nclient = webtest.TestApp(app)\n",
+}
+DOC_AFTER = """
+for path in ("/incr", "/incr", "/login?user=alice", "/logout"):
+    client.get(path)
+if "application" in globals():
+    print(client.get("/metrics").text)
+app.store.clear()
+with app.store.engine.connect() as conn:
+    app.store.table.drop(conn)
+    conn.commit()
+"""
+
+
+def doc_examples() -> dict[str, str]:
+    """The page's Python blocks that build an app, by the section they are in."""
+    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.DOTALL)
+    return dict(zip(("observer", "prometheus", "opentelemetry"), blocks, strict=True))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("example", ["observer", "prometheus", "opentelemetry"])
+def test_the_documented_examples_run(example: str, tmp_path: Path) -> None:
+    """Each example of docs/metrics.md, as written but for its URL, serves four requests on PostgreSQL."""
+    code = doc_examples()[example]
+    assert DOC_URL in code
+    table = unique_table_name("docs_metrics")
+    code = code.replace(f'url="{DOC_URL}"', f'url="{LIVE_URLS["postgresql"]}", table_name="{table}"')
+    script = tmp_path / "example.py"
+    script.write_text(DOC_PRELUDE + code + DOC_REQUESTS[example] + DOC_AFTER)
+    root = str(DOC.parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    if example == "observer":
+        assert "load  found" in done.stdout and "save new ok" in done.stdout, done.stdout
+    elif example == "prometheus":
+        assert 'wsgi_dbsession_saves_total{operation="renamed"} 1.0' in done.stdout, done.stdout
+    else:  # the console exporter prints at exit
+        assert '"name": "wsgi_dbsession.saves"' in done.stdout, done.stdout
