@@ -17,11 +17,17 @@ follows a client; ``test_session`` is pooled per session.
   prune lock may be left held once every worker has exited (checked on
   PostgreSQL itself, on the pooler's server connections); every expired row
   goes and every live row stays. Both pool modes run at the same time.
+
+Every transaction-mode test uses the URL a new user writes (issue 28), without
+``?prepare_threshold=none``: psycopg prepares statements after 5 runs, the
+pooler moves them, and the engine must notice (one WARNING per process naming
+the setting), stop preparing, and retry, so no request fails.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import random
 import threading
 import time
@@ -29,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 
@@ -61,7 +68,10 @@ from wsgi_dbsession.store import utcnow
 
 pytestmark = pytest.mark.slow
 
-MODES = {"transaction": PGBOUNCER_URL, "session": PGBOUNCER_SESSION_URL}
+# The transaction pooler's URL as a new user writes it: psycopg prepares statements by default.
+DEFAULT_URL = sa.make_url(PGBOUNCER_URL).difference_update_query(["prepare_threshold"]).render_as_string()
+MODES = {"transaction": DEFAULT_URL, "session": PGBOUNCER_SESSION_URL}
+UNPREPARED_WARNING = "stops preparing statements from now on; add ?prepare_threshold=none to the url"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -90,6 +100,8 @@ def count_through(
         errors = [error for counter in counters for error in counter.errors]
         print(f"{clients * requests} requests in {elapsed:.1f} s, {len(errors)} errors")
         log = "".join(server.log_text() for server in servers)
+        warnings = app_log.read_text().count(UNPREPARED_WARNING) if app_log.exists() else 0
+        assert warnings <= workers, f"{warnings} warnings: one per process at most"
         assert not errors, (
             f"{len(errors)} of {clients * requests} requests failed: {error_summary(errors)};"
             f" logged: {exceptions_logged(log + (app_log.read_text() if app_log.exists() else ''))}"
@@ -109,8 +121,103 @@ def count_through(
 
 
 def test_transaction_pooling_2_processes_x_8_threads_x_200_requests(tmp_path: Path) -> None:
-    assert pgbouncer_pool_size(PGBOUNCER_URL) == 4
-    count_through(PGBOUNCER_URL, tmp_path, workers=2, threads=8, clients=16, requests=200)
+    assert pgbouncer_pool_size(DEFAULT_URL) == 4
+    count_through(DEFAULT_URL, tmp_path, workers=2, threads=8, clients=16, requests=200)
+
+
+def test_transaction_pooling_with_prepare_threshold_none_counts(tmp_path: Path) -> None:
+    count_through(PGBOUNCER_URL, tmp_path, workers=1, threads=4, clients=4, requests=50)
+
+
+def reconnect_pooler() -> None:
+    """PgBouncer's ``RECONNECT``: its server connections close once released, and their prepared statements.
+
+    PgBouncer runs no reset query in transaction mode: what a client prepared
+    stays on the server connection for the next client.
+    """
+    parts = sa.make_url(DEFAULT_URL)
+    with psycopg.connect(
+        host=parts.host, port=parts.port, user=parts.username, dbname="pgbouncer", autocommit=True,
+        prepare_threshold=None,
+    ) as conn:  # fmt: skip
+        conn.execute(f"RECONNECT {parts.database}")
+
+
+@pytest.mark.parametrize(
+    ("built_by", "found_by"),
+    [("create_engine", "the server connection is a pooler's"), ("application", "PostgreSQL answered")],
+)
+def test_default_url_stops_preparing_once_and_no_statement_fails(
+    built_by: str, found_by: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """8 threads read and write their sessions through the transaction pooler, psycopg preparing by default.
+
+    The package's engine finds the pooler when it connects; an engine the
+    application built (plain ``sqlalchemy.create_engine``) finds it at the
+    first prepared statement the pooler moved, and that statement is retried.
+    """
+    table = unique_table_name("unprepared")
+    if built_by == "create_engine":
+        store = SessionStore(url=DEFAULT_URL, table_name=table)
+    else:
+        url = sa.make_url(DEFAULT_URL).set(drivername="postgresql+psycopg")
+        store = SessionStore(engine=sa.create_engine(url, isolation_level="AUTOCOMMIT"), table_name=table)
+    errors: list[str] = []
+
+    def work(thread: int) -> None:
+        for n in range(100):
+            sid = f"thread-{thread}-{n % 3}"
+            try:
+                store.set(sid, {"n": n}, utcnow() + DAY)
+                if (read := store.get(sid)) != {"n": n}:
+                    errors.append(f"{sid}: read back {read!r}")
+            except Exception as exc:
+                errors.append(repr(exc))
+
+    reconnect_pooler()
+    try:
+        store.create_table()
+        with caplog.at_level(logging.WARNING, logger="wsgi_dbsession"):
+            threads = [threading.Thread(target=work, args=(thread,)) for thread in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        assert not errors, f"{len(errors)} of 1600 failed: {error_summary(errors)}"
+        warnings = [record for record in caplog.records if UNPREPARED_WARNING in record.getMessage()]
+        assert [record.levelno for record in warnings] == [logging.WARNING], caplog.text
+        assert warnings[0].getMessage().startswith(found_by), warnings[0].getMessage()
+        connection = store.engine.raw_connection()
+        try:
+            assert connection.dbapi_connection.prepare_threshold is None  # type: ignore[union-attr]
+        finally:
+            connection.close()
+    finally:
+        drop_table(store.engine, store.table)
+        store.engine.dispose()
+        reconnect_pooler()  # no statement prepared here stays on the pooler's server connections
+
+
+def test_a_direct_connection_keeps_preparing(caplog: pytest.LogCaptureFixture) -> None:
+    """Straight to PostgreSQL, the default URL keeps psycopg's prepared statements (a read costs less)."""
+    store = SessionStore(url=POSTGRES_URL, table_name=unique_table_name("prepared"))
+    try:
+        with caplog.at_level(logging.WARNING, logger="wsgi_dbsession"):
+            store.set("a-session", {"n": 1}, utcnow() + DAY)
+            for _ in range(10):
+                assert store.get("a-session") == {"n": 1}
+        assert UNPREPARED_WARNING not in caplog.text
+        connection = store.engine.raw_connection()  # the one connection the loads used
+        try:
+            dbapi_connection: Any = connection.dbapi_connection
+            assert dbapi_connection.prepare_threshold == 5
+            prepared = dbapi_connection.execute("SELECT statement FROM pg_prepared_statements").fetchall()
+            assert any(store.table.name in statement for (statement,) in prepared), prepared
+        finally:
+            connection.close()
+    finally:
+        drop_table(store.engine, store.table)
+        store.dispose()
 
 
 def test_session_pooling_counts(tmp_path: Path) -> None:

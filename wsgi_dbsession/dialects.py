@@ -17,16 +17,18 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
+import logging
 import os
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mssql, mysql, postgresql, sqlite
-from sqlalchemy.engine import URL, Connection, Dialect
+from sqlalchemy.engine import URL, Connection, Dialect, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.schema import CreateIndex, CreateTable
@@ -38,6 +40,8 @@ from .statements import Prepared, transaction
 
 if TYPE_CHECKING:
     from .statements import StatementRunner
+
+log = logging.getLogger(__name__)
 
 # Inserts or overwrites a row (params ``sid``, ``sess``, ``expired``) through a runner.
 Writer = Callable[["StatementRunner", dict[str, Any]], Any]
@@ -188,7 +192,7 @@ class SessionDialect:
 
     def writer(self, columns: SessionColumns) -> Writer:
         """How a row is inserted or overwritten: here, :meth:`upsert` as one statement."""
-        upsert = Prepared(self.upsert(columns))
+        upsert = Prepared(self.upsert(columns), "write")
         return lambda runner, params: runner.rowcount(upsert, params)
 
     def upsert(self, columns: SessionColumns) -> Any:
@@ -298,6 +302,13 @@ class SessionDialect:
 
     def is_missing_table(self, exc: DBAPIError) -> bool:
         """Whether the error is a missing table that the driver reports as it would an outage."""
+        return False
+
+    def stop_preparing(self, exc: DBAPIError, engine: Engine) -> bool:
+        """Whether ``exc`` came from prepared statements a pooler moved; if so, preparing is now off.
+
+        True: ``engine`` prepares no more statements, try the statement again.
+        """
         return False
 
     # -- engines ----------------------------------------------------------------
@@ -448,6 +459,55 @@ class PostgreSQL(SessionDialect):
             "password authentication failed" in text or ("FATAL" in text and "does not exist" in text)
         )
 
+    def stop_preparing(self, exc: DBAPIError, engine: Engine) -> bool:
+        # A pooler in transaction mode (PgBouncer before 1.21, or without
+        # max_prepared_statements) runs each transaction on any server
+        # connection: a statement psycopg prepared on one is missing on the
+        # next (26000), its name is taken there by another client's (42P05),
+        # or that one's parameters differ (08P01). An engine from
+        # create_engine has found the pooler at connect (on_connect); one
+        # the application built learns it here.
+        sqlstate, text = getattr(exc.orig, "sqlstate", None), str(exc.orig)
+        moved = sqlstate in ("26000", "42P05") or (sqlstate == "08P01" and "prepared statement" in text)
+        if not moved or engine.driver != "psycopg":
+            return False
+        with _UNPREPARE_LOCK:
+            if not sa.event.contains(engine, "checkout", _unprepared):
+                # Checkout, not only connect: the connections pooled now
+                # have their threshold too, and are not closed for it.
+                sa.event.listen(engine, "checkout", _unprepared)
+                _warn_unprepared(f"PostgreSQL answered {text.strip()!r}", engine.url)
+        return True
+
+    @classmethod
+    def on_connect(cls, url: URL) -> Callable[[Any, Any], None] | None:
+        if url.get_driver_name() != "psycopg" or "prepare_threshold" in url.query:
+            return None  # preparing is off, or on by the user's explicit choice
+        warned = False
+
+        def find_pooler(dbapi_connection: Any, _record: Any) -> None:
+            # Directly connected, the backend key psycopg got at startup names
+            # the server process; a pooler (PgBouncer, pgcat, Odyssey) hands
+            # out a key of its own, as its server connections change under
+            # the client. One query per new connection, none per statement.
+            nonlocal warned
+            if dbapi_connection.prepare_threshold is None:
+                return
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute("SELECT pg_backend_pid()")
+                (pid,) = cursor.fetchone()
+            if not dbapi_connection.autocommit:
+                dbapi_connection.rollback()  # the isolation level is set next, outside a transaction
+            if pid != dbapi_connection.info.backend_pid:
+                # Before the first statement is prepared: a statement of another
+                # client under the same name on the server is never executed.
+                dbapi_connection.prepare_threshold = None
+                if not warned:
+                    warned = True
+                    _warn_unprepared("the server connection is a pooler's", url)
+
+        return find_pooler
+
     @classmethod
     def engine_options(cls, url: URL) -> dict[str, Any]:
         options = super().engine_options(url)
@@ -464,6 +524,25 @@ class PostgreSQL(SessionDialect):
     @classmethod
     def driver_url(cls, url: URL) -> URL:
         return url.difference_update_query(["prepare_threshold"])  # given as a connect argument instead
+
+
+_UNPREPARE_LOCK = threading.Lock()
+
+
+def _warn_unprepared(why: str, url: URL) -> None:
+    log.warning(
+        "%s: a pooler (PgBouncer) sits in front of PostgreSQL and, in transaction mode, moves prepared "
+        "statements between clients, so this engine stops preparing statements from now on; add "
+        "?prepare_threshold=none to the url (%s) to say so from the start (or a number of runs, to "
+        "prepare anyway behind a pooler in session mode)",
+        why,
+        url.render_as_string(hide_password=True),
+    )
+
+
+def _unprepared(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    if dbapi_connection.prepare_threshold is not None:
+        dbapi_connection.prepare_threshold = None  # psycopg: never prepare on this connection
 
 
 class MySQL(SessionDialect):
@@ -824,7 +903,9 @@ def _error_code(exc: DBAPIError) -> Any:
 
 class _Generic(SessionDialect):
     def writer(self, columns: SessionColumns) -> Writer:
-        return lambda runner, params: runner.run(lambda conn: self.upsert_steps(conn, columns, params))
+        return lambda runner, params: runner.run(
+            lambda conn: self.upsert_steps(conn, columns, params), operation="write"
+        )
 
 
 # SQLAlchemy's dialect names, and the class of each.

@@ -40,6 +40,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from .dialects import ExpiryTimestamp
+from .observe import Event
 from .store import PRUNE_BATCH_SIZE, SessionStore, utcnow
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ class PruneLease:
                 return False
             return True
 
-        self._held = self.store.run(take)
+        self._held = self.store.run(take, operation="prune_lease")
         return self._held
 
     def release(self) -> None:
@@ -144,7 +145,10 @@ class PruneLease:
             return
         self._held = False
         try:
-            self.store.run(lambda conn: conn.execute(self._release, {"lease": self.name, "me": self._holder}))
+            self.store.run(
+                lambda conn: conn.execute(self._release, {"lease": self.name, "me": self._holder}),
+                operation="prune_lease",
+            )
         except Exception:
             log.warning("could not give the prune lease back; it lapses by itself", exc_info=True)
 
@@ -164,14 +168,23 @@ def prune_held(
     log.debug("prune of %r started (pid %d)", table, pid)
     started = time.perf_counter()
     deleted = 0
-    for count in store.prune_batches(batch_size=batch_size):
-        deleted += count
-        if stop is not None and stop.is_set():
-            break
-        if count == batch_size and not lease.try_acquire():
-            log.warning("the prune lease of %r lapsed during a prune; stopping (pid %d)", table, pid)
-            break
-    elapsed = time.perf_counter() - started
+    outcome = "error"
+    try:
+        for count in store.prune_batches(batch_size=batch_size):
+            deleted += count
+            if stop is not None and stop.is_set():
+                outcome = "stopped"
+                break
+            if count == batch_size and not lease.try_acquire():
+                log.warning("the prune lease of %r lapsed during a prune; stopping (pid %d)", table, pid)
+                outcome = "lapsed"
+                break
+        else:
+            outcome = "done"
+    finally:
+        elapsed = time.perf_counter() - started
+        if store.observers.callbacks:
+            store.observers.emit(Event("prune", outcome=outcome, seconds=elapsed, rows=deleted))
     log.log(
         logging.INFO if deleted else logging.DEBUG,
         "pruned %d expired sessions from %r in %.3f s (pid %d)",

@@ -343,6 +343,7 @@ class Session(MutableMapping[str, Any]):
         store = self._factory.store
         if self._doomed_sid is not None:
             store.destroy(self._doomed_sid)
+            store.observers.count("save", "deleted")
             self._doomed_sid = None
         row = self._row
         if row is None:
@@ -362,6 +363,7 @@ class Session(MutableMapping[str, Any]):
         if not headers_sent and self._factory.rolling and self._touch_due(row, now := utcnow()):
             expires = self._record.expiry(now, self._factory.absolute_max_age)
             if store.touch(row.sid, expires):
+                store.observers.count("save", "touched")
                 self._row = replace(row, expires=expires)
                 return CookieUpdate(row.sid, self._record.max_age)
         return None
@@ -373,7 +375,9 @@ class Session(MutableMapping[str, Any]):
             return CookieUpdate(None) if expire else None
         sid = self.id
         text, expires = self._serialize(self._data, now, secure)
-        self._factory.store.write(sid, text, expires)
+        store = self._factory.store
+        store.write(sid, text, expires)
+        store.observers.count("save", "new")
         self._mark_saved(sid, text, expires)
         return CookieUpdate(sid, self._record.max_age)
 
@@ -383,16 +387,19 @@ class Session(MutableMapping[str, Any]):
         text, expires = self._serialize(self._data, now, secure)
         if not store.rename(row.sid, self._sid, text, expires):
             store.write(self._sid, text, expires)  # the old row was gone; the app asked for a session
+        store.observers.count("save", "renamed")
         self._mark_saved(self._sid, text, expires)
         return CookieUpdate(self._sid, self._record.max_age)
 
     def _save_changed(self, row: StoredRow, now: dt.datetime, secure: bool) -> CookieUpdate | None:
         text, expires = self._serialize(self._data, now, secure)
-        if self._factory.store.replace(row.sid, text, expires, expected=row.text):
+        store = self._factory.store
+        if store.replace(row.sid, text, expires, expected=row.text):
             self._mark_saved(row.sid, text, expires)
         elif not self._merge(row, now, secure, expires):
             self._start_fresh(now)  # ended by another request (logout wins): nothing left to save
             return None
+        store.observers.count("save", "changed")
         max_age = self._record.max_age
         # A lifetime cookie moves its expiry on every write; any change of lifetime is sent.
         if max_age is not None or max_age != row.max_age:
@@ -437,6 +444,8 @@ class Session(MutableMapping[str, Any]):
         if saved is None:
             log.debug("a contended session is saved under a row lock")
             saved = store.replace_locked(row.sid, now, rewrite)
+            store.observers.count("locked_save", outcome="saved" if saved else "gone")
+        store.observers.count("merge", outcome="saved" if saved else "gone")
         if not saved:
             log.info("a session was deleted by another request while this one changed it")
             return False

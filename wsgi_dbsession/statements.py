@@ -16,7 +16,9 @@ Core's disconnect handling, using only public API
 (:meth:`Engine.raw_connection`, :meth:`PoolProxiedConnection.invalidate`,
 :meth:`Compiled.construct_params`, ``positiontup``, the types'
 ``bind_processor``/``result_processor``). Statement observers
-(:meth:`StatementRunner.observe`) see the statements of both lanes.
+(:meth:`StatementRunner.observe`) see the statements of both lanes, and so
+do the metrics observers (``observers``, :mod:`wsgi_dbsession.observe`):
+each attempt's duration and outcome, without its parameters.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from .exceptions import ConcurrentUpdateError, StoreError, StoreUnavailable
+from .observe import Event, Observers
 
 if TYPE_CHECKING:
     from .dialects import SessionDialect
@@ -58,8 +61,9 @@ MAX_CONFLICT_PAUSE = 0.25  # seconds
 class Prepared:
     """A hot statement and, once connected, its SQL and value processing for the engine's dialect."""
 
-    def __init__(self, statement: Any) -> None:
+    def __init__(self, statement: Any, operation: str) -> None:
         self.statement = statement
+        self.operation = operation  # the store operation it serves, for metrics
         self.compiled: _Compiled | None = None
 
     def compile(self, dialect: Dialect) -> _Compiled:
@@ -135,6 +139,7 @@ class StatementRunner:
         self._pid = os.getpid()
         self._commit: bool | None = None  # whether statements need a COMMIT (not in autocommit)
         self._observers: list[Observer] = []
+        self.observers = Observers()  # metrics: each attempt's duration and outcome
 
     def observe(self, observer: Observer) -> Callable[[], None]:
         """Call ``observer(sql, parameters)`` before every statement, on either lane; returns its remover.
@@ -170,13 +175,15 @@ class StatementRunner:
 
     def _hot(self, prepared: Prepared, params: dict[str, Any], *, fetch: bool) -> Any:
         if self.driver_cursor:
-            return self._retrying(lambda: self._on_cursor(prepared, params, fetch))
+            return self._retrying(
+                lambda: self._on_cursor(prepared, params, fetch), operation=prepared.operation
+            )
 
         def work(conn: Connection) -> Any:
             result = conn.execute(prepared.statement, params)
             return result.first() if fetch else result.rowcount
 
-        return self.run(work)
+        return self.run(work, operation=prepared.operation)
 
     def _on_cursor(self, prepared: Prepared, params: dict[str, Any], fetch: bool) -> Any:
         dialect = self.engine.dialect
@@ -227,10 +234,11 @@ class StatementRunner:
 
     # -- everything else ------------------------------------------------------
 
-    def run(self, work: Callable[[Connection], T], *, prepare: bool = True) -> T:
+    def run(self, work: Callable[[Connection], T], *, prepare: bool = True, operation: str = "query") -> T:
         """Run ``work`` on a pooled connection (committing where the engine is transactional).
 
-        ``prepare=False`` skips ``before_use`` (for the work that prepares).
+        ``prepare=False`` skips ``before_use`` (for the work that prepares);
+        ``operation`` names the work in metrics.
         """
 
         def attempt() -> T:
@@ -242,19 +250,21 @@ class StatementRunner:
                     conn.commit()
                 return result
 
-        return self._retrying(attempt, prepare=prepare)
+        return self._retrying(attempt, prepare=prepare, operation=operation)
 
     def _needs_commit(self, dbapi_connection: Any) -> bool:
         if self._commit is None:
             self._commit = needs_commit(self.engine.dialect, dbapi_connection)
         return self._commit
 
-    def _retrying(self, attempt: Callable[[], T], *, prepare: bool = True) -> T:
+    def _retrying(self, attempt: Callable[[], T], *, prepare: bool = True, operation: str = "query") -> T:
         if prepare:
             self.before_use()
         self._forget_inherited_pool()
+        if self.observers.callbacks:
+            attempt = self._timed(attempt, operation)
         conflicts = 0
-        reconnected = False
+        reconnected = unprepared = False
         deadline = None
         redirected = False  # tried again after landing on a read-only server (issue 26)
         while True:
@@ -267,6 +277,7 @@ class StatementRunner:
                     continue
                 if self.dialect.is_read_only(exc):
                     if redirected:
+                        self.observers.count("outage", operation)
                         raise StoreUnavailable(
                             f"the session database is read-only, a failover is in progress: {exc.orig!r}"
                         ) from exc
@@ -277,8 +288,14 @@ class StatementRunner:
                     self.engine.dispose()
                     redirected = True
                     continue
+                if not unprepared and self.dialect.stop_preparing(exc, self.engine):
+                    unprepared = True  # a pooler moved a prepared statement: once more, unprepared
+                    continue
                 if not self.dialect.is_conflict(exc):
-                    raise store_error(exc, self.dialect, self.engine.url.database) from exc
+                    error = store_error(exc, self.dialect, self.engine.url.database)
+                    if isinstance(error, StoreUnavailable):
+                        self.observers.count("outage", operation)
+                    raise error from exc
                 now = time.monotonic()
                 if deadline is None:
                     deadline = now + CONFLICT_BUDGET
@@ -289,10 +306,42 @@ class StatementRunner:
                         f"({conflicts + 1} tries, last: {exc.orig!r}); try the request again"
                     ) from exc
                 conflicts += 1
+                self.observers.count("conflict_retry", operation)
                 log.debug("a session statement lost a race (%s); trying again", exc.orig)
                 time.sleep(pause)
             except sa.exc.TimeoutError as exc:  # the pool stayed exhausted for pool_timeout
+                self.observers.count("outage", operation)
                 raise StoreUnavailable(f"no session database connection became free: {exc}") from exc
+
+    def _timed(self, attempt: Callable[[], T], operation: str) -> Callable[[], T]:
+        """``attempt`` emitting a statement event with its duration and outcome (only while observed)."""
+
+        def timed() -> T:
+            started = time.perf_counter()
+            outcome = "error"
+            try:
+                result = attempt()
+            except DBAPIError as exc:
+                outcome = self._outcome(exc)
+                raise
+            except sa.exc.TimeoutError:
+                outcome = "pool_timeout"
+                raise
+            else:
+                outcome = "ok"
+                return result
+            finally:
+                self.observers.emit(Event("statement", operation, outcome, time.perf_counter() - started))
+
+        return timed
+
+    def _outcome(self, exc: DBAPIError) -> str:
+        if exc.connection_invalidated:
+            return "disconnect"
+        if self.dialect.is_conflict(exc):
+            return "conflict"
+        error = store_error(exc, self.dialect, self.engine.url.database)
+        return "unavailable" if isinstance(error, StoreUnavailable) else "error"
 
     def _forget_inherited_pool(self) -> None:
         # A connection used by two processes mixes their conversations. A

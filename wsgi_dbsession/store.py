@@ -30,6 +30,8 @@ from .dialects import (
 )
 from .exceptions import ConfigurationError, StoreError
 from .express import BROWSER_SESSION_ROW_LIFETIME, COOKIE_KEY, CREATED_KEY, UTC, strip_reserved
+from .observe import Event, Observers
+from .observe import Observer as MetricsObserver
 from .statements import Observer, Prepared, StatementRunner, transaction
 
 log = logging.getLogger(__name__)
@@ -244,12 +246,15 @@ class SessionStore:
         table, sid, sess, expired = self.table, columns.sid, columns.sess, columns.expired
         expiry = ExpiryTimestamp()
         self._live = (sid == sa.bindparam("sid")) & (expired >= sa.bindparam("now", type_=expiry))
-        self._select = Prepared(sa.select(dialect.sess_text(sess).label("sess"), expired).where(self._live))
+        self._select = Prepared(
+            sa.select(dialect.sess_text(sess).label("sess"), expired).where(self._live), "load"
+        )
         self._replace = Prepared(
             sa.update(table)
             .where(sid == sa.bindparam("b_sid"))  # SET's columns keep their own names for binds
             .where(dialect.sess_equals(sess, sa.bindparam("expected", type_=sa.UnicodeText())))
-            .values({sess: sa.bindparam("sess"), expired: sa.bindparam("expired", type_=expiry)})
+            .values({sess: sa.bindparam("sess"), expired: sa.bindparam("expired", type_=expiry)}),
+            "replace",
         )
         self._rename = Prepared(
             sa.update(table)
@@ -260,14 +265,16 @@ class SessionStore:
                     sess: sa.bindparam("sess"),
                     expired: sa.bindparam("expired", type_=expiry),
                 }
-            )
+            ),
+            "rename",
         )
         self._touch = Prepared(
             sa.update(table)
             .where(sid == sa.bindparam("b_sid"))
-            .values({expired: sa.bindparam("expired", type_=expiry)})
+            .values({expired: sa.bindparam("expired", type_=expiry)}),
+            "touch",
         )
-        self._delete = Prepared(sa.delete(table).where(sid == sa.bindparam("b_sid")))
+        self._delete = Prepared(sa.delete(table).where(sid == sa.bindparam("b_sid")), "destroy")
         self._write = dialect.writer(columns)
         self.user_key = user_key
         if user_key is not None:
@@ -287,11 +294,29 @@ class SessionStore:
         """
         return self.runner.observe(observer)
 
+    @property
+    def observers(self) -> Observers:
+        """The metrics observers: what sessions and the prune report through this store."""
+        return self.runner.observers
+
+    def observe(self, observer: MetricsObserver) -> Callable[[], None]:
+        """Call ``observer(event)`` for each :class:`~wsgi_dbsession.observe.Event`; returns its remover.
+
+        An event says what happened, how it ended and how long it took,
+        never a session id or value: see docs/metrics.md, and the bridges
+        :class:`~wsgi_dbsession.prometheus.PrometheusMetrics` and
+        :class:`~wsgi_dbsession.opentelemetry.OpenTelemetryMetrics`.
+        """
+        return self.runner.observers.add(observer)
+
     # -- the table --------------------------------------------------------------
 
-    def run(self, work: Callable[[Connection], T]) -> T:
-        """Run ``work`` on a pooled connection, retried after a disconnect or a lost race."""
-        return self.runner.run(work)
+    def run(self, work: Callable[[Connection], T], *, operation: str = "query") -> T:
+        """Run ``work`` on a pooled connection, retried after a disconnect or a lost race.
+
+        ``operation`` names it in metrics.
+        """
+        return self.runner.run(work, operation=operation)
 
     def _ensure_table(self) -> None:
         if self._table_ready:
@@ -313,7 +338,9 @@ class SessionStore:
     def create(self, table: sa.Table) -> None:
         """Create ``table`` (this store's or a helper table) the way the dialect makes it race-safe."""
         try:
-            self.runner.run(lambda conn: self.dialect.create_table(conn, table), prepare=False)
+            self.runner.run(
+                lambda conn: self.dialect.create_table(conn, table), prepare=False, operation="ddl"
+            )
         except StoreError:
             # Another process may have created it between a check and a CREATE.
             if not self.has_table(table):
@@ -341,6 +368,9 @@ class SessionStore:
     def load(self, sid: str, now: dt.datetime | None = None) -> StoredSession | None:
         """The live row for ``sid``; an expired row is never returned."""
         row = self.runner.first(self._select, {"sid": sid, "now": self._live_at(now)})
+        observers = self.runner.observers
+        if observers.callbacks:  # tested here, not in count(): a load is the hottest path
+            observers.emit(Event("load", outcome="missing" if row is None else "found"))
         return None if row is None else StoredSession(row[0], row[1])
 
     def write(self, sid: str, text: str, expires: dt.datetime) -> None:
@@ -374,7 +404,7 @@ class SessionStore:
                 conn.execute(update.values({columns.sess: text, columns.expired: expires}), {"b_sid": sid})
                 return True
 
-        return self.runner.run(work)
+        return self.runner.run(work, operation="locked_save")
 
     def rename(self, old_sid: str, new_sid: str, text: str, expires: dt.datetime) -> bool:
         """Move a row to a new id with new contents, atomically (session regeneration)."""
@@ -426,7 +456,9 @@ class SessionStore:
         stmt = self.dialect.batch_delete(self.columns, batch_size)
         params = {"now": self._live_at(now)}
         while True:
-            deleted = self.runner.run(lambda conn: int(conn.execute(stmt, params).rowcount))
+            deleted = self.runner.run(
+                lambda conn: int(conn.execute(stmt, params).rowcount), operation="prune"
+            )
             yield deleted
             if deleted < batch_size:
                 return
