@@ -264,32 +264,13 @@ class StatementRunner:
         if self.observers.callbacks:
             attempt = self._timed(attempt, operation)
         conflicts = 0
-        reconnected = unprepared = False
+        tried: set[str] = set()  # the causes already given their one more try
         deadline = None
-        redirected = False  # tried again after landing on a read-only server (issue 26)
         while True:
             try:
                 return attempt()
             except DBAPIError as exc:
-                if exc.connection_invalidated and not reconnected:
-                    log.info("session store connection was lost; retrying on a fresh one")
-                    reconnected = True
-                    continue
-                if self.dialect.is_read_only(exc):
-                    if redirected:
-                        self.observers.count("outage", operation)
-                        raise StoreUnavailable(
-                            f"the session database is read-only, a failover is in progress: {exc.orig!r}"
-                        ) from exc
-                    # A failover made this server a standby: its pooled
-                    # connections all lead there, so none is kept, and a
-                    # fresh one finds the new primary (HAProxy, a multi-host URL).
-                    log.info("session store connection reached a read-only server; retrying on a fresh one")
-                    self.engine.dispose()
-                    redirected = True
-                    continue
-                if not unprepared and self.dialect.stop_preparing(exc, self.engine):
-                    unprepared = True  # a pooler moved a prepared statement: once more, unprepared
+                if self._once_more(exc, tried, operation):
                     continue
                 if not self.dialect.is_conflict(exc):
                     error = store_error(exc, self.dialect, self.engine.url.database)
@@ -312,6 +293,33 @@ class StatementRunner:
             except sa.exc.TimeoutError as exc:  # the pool stayed exhausted for pool_timeout
                 self.observers.count("outage", operation)
                 raise StoreUnavailable(f"no session database connection became free: {exc}") from exc
+
+    def _once_more(self, exc: DBAPIError, tried: set[str], operation: str) -> bool:
+        """Whether ``exc`` calls for one more try on a fresh connection; each cause gets one.
+
+        A lost connection; a server turned read-only (a failover made it a
+        standby: the pooled connections all lead there, so none is kept, and a
+        fresh one finds the new primary through HAProxy or a multi-host URL);
+        prepared statements a pooler moved. Read-only twice is an outage.
+        """
+        if exc.connection_invalidated and "disconnect" not in tried:
+            log.info("session store connection was lost; retrying on a fresh one")
+            tried.add("disconnect")
+            return True
+        if self.dialect.is_read_only(exc):
+            if "read-only" in tried:
+                self.observers.count("outage", operation)
+                raise StoreUnavailable(
+                    f"the session database is read-only, a failover is in progress: {exc.orig!r}"
+                ) from exc
+            log.info("session store connection reached a read-only server; retrying on a fresh one")
+            self.engine.dispose()
+            tried.add("read-only")
+            return True
+        if "unprepared" not in tried and self.dialect.stop_preparing(exc, self.engine):
+            tried.add("unprepared")  # a pooler moved a prepared statement: once more, unprepared
+            return True
+        return False
 
     def _timed(self, attempt: Callable[[], T], operation: str) -> Callable[[], T]:
         """``attempt`` emitting a statement event with its duration and outcome (only while observed)."""
