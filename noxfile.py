@@ -8,6 +8,8 @@ Sessions (``nox -l`` lists them; ``docs/support.md`` is the policy they test):
 - ``lowest``: the oldest supported Python with the lowest version
   pyproject.toml allows of SQLAlchemy, psycopg, PyMySQL, pymssql,
   APScheduler, Pyramid and Flask, each pinned;
+- ``django_lts``: Django's own session tests (``tests/peers/django``) on the
+  newest Python with Django 5.2 LTS (the ``tests-*`` sessions take 6.x on 3.12+);
 - ``release``: build the sdist and the wheel, ``twine check`` them, check
   what each carries (LICENSE and CHANGELOG included), install the sdist and
   run the fast tests from its unpacked directory.
@@ -38,7 +40,7 @@ PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
 PYTHONS = nox.project.python_versions(PYPROJECT)
 FAST_TESTS = ("-m", "not slow", "--ignore=tests/test_node_interop.py", "-x", "-q")
 # The dependencies whose lowest supported version the ``lowest`` session installs.
-LOWEST = ("sqlalchemy", "psycopg", "pymysql", "pymssql", "apscheduler", "pyramid", "flask")
+LOWEST = ("sqlalchemy", "psycopg", "pymysql", "pymssql", "apscheduler", "pyramid", "flask", "django")
 SHOW_VERSIONS = (
     "import importlib.metadata as m, platform, sys; "
     "print('Python', platform.python_version(), *(f'{n} {m.version(n)}' for n in sys.argv[1:]), sep=', ')"
@@ -61,6 +63,17 @@ def tests(session: nox.Session) -> None:
     """The fast tests with the newest release of every dependency."""
     session.install(".[test]")
     run_fast_tests(session)
+
+
+@nox.session(python=PYTHONS[-1])
+def django_lts(session: nox.Session) -> None:
+    """Django's own session tests on the newest Python with Django 5.2 LTS.
+
+    ``tests-3.12`` and ``tests-3.13`` install the newest Django (6.x there), the
+    older Pythons 5.2: this session gives 5.2 LTS the newest Python too.
+    """
+    session.install(".[test]", "django>=5.2,<5.3")
+    run_fast_tests(session, "tests/peers/django")
 
 
 def lowest_pins() -> dict[str, str]:

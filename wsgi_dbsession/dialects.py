@@ -14,6 +14,7 @@ give its columns the exact types and value formats of DESIGN.md's table.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import hashlib
@@ -23,8 +24,9 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mssql, mysql, postgresql, sqlite
@@ -36,15 +38,8 @@ from sqlalchemy.sql.type_api import TypeEngine
 
 from .exceptions import ConfigurationError
 from .express import UTC, from_iso, to_iso_z
-from .statements import Prepared, transaction
-
-if TYPE_CHECKING:
-    from .statements import StatementRunner
 
 log = logging.getLogger(__name__)
-
-# Inserts or overwrites a row (params ``sid``, ``sess``, ``expired``) through a runner.
-Writer = Callable[["StatementRunner", dict[str, Any]], Any]
 
 # Seconds a new connection may take before the request fails with
 # StoreUnavailable instead of hanging a worker.
@@ -190,14 +185,12 @@ class SessionDialect:
 
     # -- statements -----------------------------------------------------------
 
-    def writer(self, columns: SessionColumns) -> Writer:
-        """How a row is inserted or overwritten: here, :meth:`upsert` as one statement."""
-        upsert = Prepared(self.upsert(columns), "write")
-        return lambda runner, params: runner.rowcount(upsert, params)
+    def upsert(self, columns: SessionColumns) -> sa.Executable | None:
+        """Insert or overwrite one row in one statement, with binds ``:sid :sess :expired``.
 
-    def upsert(self, columns: SessionColumns) -> Any:
-        """Insert or overwrite one row in one statement, with binds ``:sid :sess :expired``."""
-        raise NotImplementedError
+        None where the database has no such statement: :meth:`upsert_steps` then.
+        """
+        return None
 
     def upsert_steps(self, conn: Connection, columns: SessionColumns, params: dict[str, Any]) -> None:
         """The upsert as steps, where the database has no single statement for it."""
@@ -231,6 +224,29 @@ class SessionDialect:
         where the database has no such statement (the caller catches the error).
         """
         return None
+
+    @contextmanager
+    def transaction(self, conn: Connection) -> Iterator[Connection]:
+        """A transaction of the database's own on ``conn`` (:attr:`begin_sql`, ``COMMIT``).
+
+        SQLAlchemy's would be a no-op on an autocommit connection, and on an
+        engine built without autocommit (the user's own) it may be the
+        driver's: pysqlite's deferred BEGIN comes only before the first write,
+        so a locking read would run outside it and two writers would both
+        read the old row. So the connection takes autocommit for this use (the
+        pool restores the engine's level on return) and this database's BEGIN.
+        Call it before anything else runs on ``conn``.
+        """
+        if not _autocommit(conn):
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+        conn.exec_driver_sql(self.begin_sql)
+        try:
+            yield conn
+        except BaseException:
+            with contextlib.suppress(Exception):  # the first error is the one to report
+                conn.exec_driver_sql("ROLLBACK")
+            raise
+        conn.exec_driver_sql("COMMIT")
 
     def lock_row(self, select: sa.Select[Any], table: sa.Table) -> sa.Select[Any]:
         """``select`` (from ``table``) taking a write lock on its row until the transaction ends."""
@@ -415,7 +431,7 @@ class PostgreSQL(SessionDialect):
         # Two CREATE … IF NOT EXISTS at once can collide in the catalog; a
         # transaction-scoped lock serializes them and, unlike a session
         # lock, works through PgBouncer's transaction pooling.
-        with transaction(conn, self.begin_sql):
+        with self.transaction(conn):
             conn.execute(
                 sa.text("SELECT pg_advisory_xact_lock(:key)"),
                 {"key": lock_key(f"wsgi_dbsession create {table.fullname}")},
@@ -438,7 +454,7 @@ class PostgreSQL(SessionDialect):
         return [self._index_ddl(table, self.user_expression(SessionColumns.of(table), path))]
 
     def create_user_index(self, conn: Connection, table: sa.Table, path: str) -> None:
-        with transaction(conn, self.begin_sql):  # the lock of create_table: one creator at a time
+        with self.transaction(conn):  # the lock of create_table: one creator at a time
             conn.execute(
                 sa.text("SELECT pg_advisory_xact_lock(:key)"),
                 {"key": lock_key(f"wsgi_dbsession create {table.fullname}")},
@@ -747,7 +763,7 @@ class MSSQL(SessionDialect):
 
     def create_table(self, conn: Connection, table: sa.Table) -> None:
         # A transaction-owned application lock: the second creator waits, then finds the table.
-        with transaction(conn, self.begin_sql):
+        with self.transaction(conn):
             conn.execute(
                 sa.text(_MSSQL_APPLOCK),
                 {"name": f"wsgi_dbsession create {table.fullname}", "timeout_ms": CREATE_WAIT * 1000},
@@ -814,7 +830,7 @@ class SQLite(SessionDialect):
         return select  # BEGIN IMMEDIATE holds the database's write lock already
 
     def create_table(self, conn: Connection, table: sa.Table) -> None:
-        with transaction(conn, self.begin_sql):
+        with self.transaction(conn):
             _create_if_not_exists(conn, table)
 
     def is_conflict(self, exc: DBAPIError) -> bool:
@@ -829,7 +845,7 @@ class SQLite(SessionDialect):
         return [self._index_ddl(table, self.user_expression(SessionColumns.of(table), path))]
 
     def create_user_index(self, conn: Connection, table: sa.Table, path: str) -> None:
-        with transaction(conn, self.begin_sql):
+        with self.transaction(conn):
             super().create_user_index(conn, table, path)
 
     def is_misconfiguration(self, exc: DBAPIError) -> bool:
@@ -895,17 +911,20 @@ def _quoted(text: str, quote: str) -> str:
     return parts[1] if len(parts) > 2 else "?"
 
 
+def _autocommit(conn: Connection) -> bool:
+    dbapi_connection = conn.connection.dbapi_connection
+    if dbapi_connection is None:
+        return False
+    try:
+        return bool(conn.dialect.detect_autocommit_setting(dbapi_connection))
+    except NotImplementedError:
+        return False
+
+
 def _error_code(exc: DBAPIError) -> Any:
     """The numeric code PyMySQL and pymssql put first in an error's args."""
     args: tuple[Any, ...] = getattr(exc.orig, "args", ())
     return args[0] if args else None
-
-
-class _Generic(SessionDialect):
-    def writer(self, columns: SessionColumns) -> Writer:
-        return lambda runner, params: runner.run(
-            lambda conn: self.upsert_steps(conn, columns, params), operation="write"
-        )
 
 
 # SQLAlchemy's dialect names, and the class of each.
@@ -920,7 +939,7 @@ DIALECTS: dict[str, type[SessionDialect]] = {
 
 def dialect_class(backend: str) -> type[SessionDialect]:
     """The class for a backend name (``URL.get_backend_name()``); the fallback for unknown ones."""
-    return DIALECTS.get(backend, _Generic)
+    return DIALECTS.get(backend, SessionDialect)
 
 
 @functools.lru_cache(maxsize=32)

@@ -23,24 +23,20 @@ each attempt's duration and outcome, without its parameters.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from .dialects import SessionDialect
 from .exceptions import ConcurrentUpdateError, StoreError, StoreUnavailable
 from .observe import Event, Observers
-
-if TYPE_CHECKING:
-    from .dialects import SessionDialect
 
 log = logging.getLogger(__name__)
 
@@ -360,40 +356,6 @@ class StatementRunner:
         if pid != self._pid:
             self.engine.dispose(close=False)
             self._pid = pid
-
-
-@contextmanager
-def transaction(conn: Connection, begin_sql: str) -> Iterator[Connection]:
-    """A transaction on ``conn``, also when the engine is in autocommit mode.
-
-    On an autocommit connection the transaction is the database's own
-    (``begin_sql``, ``COMMIT``): SQLAlchemy's would be a no-op there.
-    """
-    if not _autocommit(conn):
-        # An engine built without autocommit (the user's own): its transactions
-        # may be the driver's, and pysqlite's deferred BEGIN comes only before
-        # the first write, so the locking read would run outside it and two
-        # writers would both read the old row. Autocommit for this use (the
-        # pool restores the engine's level on return) and the database's BEGIN.
-        conn.execution_options(isolation_level="AUTOCOMMIT")
-    conn.exec_driver_sql(begin_sql)
-    try:
-        yield conn
-    except BaseException:
-        with contextlib.suppress(Exception):  # the first error is the one to report
-            conn.exec_driver_sql("ROLLBACK")
-        raise
-    conn.exec_driver_sql("COMMIT")
-
-
-def _autocommit(conn: Connection) -> bool:
-    dbapi_connection = conn.connection.dbapi_connection
-    if dbapi_connection is None:
-        return False
-    try:
-        return bool(conn.dialect.detect_autocommit_setting(dbapi_connection))
-    except NotImplementedError:
-        return False
 
 
 def needs_commit(dialect: Dialect, dbapi_connection: Any) -> bool:

@@ -32,7 +32,7 @@ from .exceptions import ConfigurationError, StoreError
 from .express import BROWSER_SESSION_ROW_LIFETIME, COOKIE_KEY, CREATED_KEY, UTC, strip_reserved
 from .observe import Event, Observers
 from .observe import Observer as MetricsObserver
-from .statements import Observer, Prepared, StatementRunner, transaction
+from .statements import Observer, Prepared, StatementRunner
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +275,8 @@ class SessionStore:
             "touch",
         )
         self._delete = Prepared(sa.delete(table).where(sid == sa.bindparam("b_sid")), "destroy")
-        self._write = dialect.writer(columns)
+        upsert = dialect.upsert(columns)
+        self._upsert = None if upsert is None else Prepared(upsert, "write")
         self.user_key = user_key
         if user_key is not None:
             user_path(user_key)  # a ConfigurationError now, not at the first lookup
@@ -375,7 +376,13 @@ class SessionStore:
 
     def write(self, sid: str, text: str, expires: dt.datetime) -> None:
         """Insert or overwrite the row, in one statement where the database has one."""
-        self._write(self.runner, {"sid": sid, "sess": text, "expired": expires})
+        params = {"sid": sid, "sess": text, "expired": expires}
+        if self._upsert is not None:
+            self.runner.rowcount(self._upsert, params)
+        else:
+            self.runner.run(
+                lambda conn: self.dialect.upsert_steps(conn, self.columns, params), operation="write"
+            )
 
     def replace(self, sid: str, text: str, expires: dt.datetime, *, expected: str) -> bool:
         """Compare-and-set: overwrite only while ``sess`` is still ``expected``."""
@@ -396,7 +403,7 @@ class SessionStore:
         update = sa.update(self.table).where(columns.sid == sa.bindparam("b_sid"))
 
         def work(conn: Connection) -> bool:
-            with transaction(conn, dialect.begin_sql):
+            with dialect.transaction(conn):
                 current = conn.execute(select, {"sid": sid, "now": self._live_at(now)}).scalar()
                 if current is None:
                     return False
