@@ -9,7 +9,7 @@ a class here and naming it in :data:`DIALECTS`.
 
 The table is the one connect-session-knex creates, so a Node app and a
 Python app can share it; :class:`SessionJSON` and :class:`ExpiryTimestamp`
-give its columns the exact types and value formats of DESIGN.md's table.
+give its columns the exact types and value formats of the table in docs/databases.md.
 """
 
 from __future__ import annotations
@@ -926,6 +926,10 @@ def _error_code(exc: DBAPIError) -> Any:
     args: tuple[Any, ...] = getattr(exc.orig, "args", ())
     return args[0] if args else None
 
+
+# URL schemes SQLAlchemy does not know, and the backend each means
+# (postgres:// is what Heroku and other platforms give).
+BACKEND_ALIASES = {"postgres": "postgresql"}
 
 # SQLAlchemy's dialect names, and the class of each.
 DIALECTS: dict[str, type[SessionDialect]] = {

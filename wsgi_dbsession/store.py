@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
 from .dialects import (
+    BACKEND_ALIASES,
     ExpiryTimestamp,
     SessionColumns,
     SessionJSON,
@@ -118,8 +119,8 @@ def normalize_url(url: str | URL) -> URL:
     except sa.exc.ArgumentError as exc:
         raise ConfigurationError(f"url is not a database URL ({exc})") from None
     backend, plus, driver_name = parsed.drivername.partition("+")
-    if backend == "postgres":
-        parsed = parsed.set(drivername=f"postgresql{plus}{driver_name}")
+    if backend in BACKEND_ALIASES:
+        parsed = parsed.set(drivername=f"{BACKEND_ALIASES[backend]}{plus}{driver_name}")
     driver = dialect_class(parsed.get_backend_name()).default_driver
     if "+" not in parsed.drivername and driver is not None:
         parsed = parsed.set(drivername=f"{parsed.drivername}+{driver}")
