@@ -16,7 +16,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 DATABASES = ("sqlite", "postgresql", "mariadb")
 SYSTEMS = ("raw", "min", "wsgi_dbsession", "Django", "Beaker")
-# The round-trip budget of docs/architecture.md's "One request" for wsgi_dbsession: unused / read / read and write / new session.
+# The round-trip budget of wsgi_dbsession (README, docs/benchmarks.md):
+# unused / read / read and write / new session.
 BUDGET = "0 / 1 / 2 / 1"
 
 
