@@ -30,6 +30,7 @@ import socket
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -146,6 +147,7 @@ def prune_held(
     *,
     batch_size: int = PRUNE_BATCH_SIZE,  # rows per statement
     stop: threading.Event | None = None,  # set: stop after the current batch
+    progress: Callable[[int], None] | None = None,  # called with the rows deleted so far, after each batch
 ) -> int:
     """Delete the expired rows while ``lease`` is held (renewed after every batch); returns how many went.
 
@@ -157,6 +159,8 @@ def prune_held(
     deleted = 0
     for count in store.prune_batches(batch_size=batch_size):
         deleted += count
+        if progress is not None:
+            progress(deleted)
         if stop is not None and stop.is_set():
             break
         if count == batch_size and not lease.try_acquire():
@@ -174,7 +178,12 @@ def prune_held(
     return deleted
 
 
-def prune_once(store: SessionStore, *, batch_size: int = PRUNE_BATCH_SIZE) -> int | None:
+def prune_once(
+    store: SessionStore,
+    *,
+    batch_size: int = PRUNE_BATCH_SIZE,
+    progress: Callable[[int], None] | None = None,  # called with the rows deleted so far, after each batch
+) -> int | None:
     """One prune under the table's prune lease, given back afterwards (cron, the command line).
 
     Returns how many rows went, or None when another process holds the
@@ -185,7 +194,7 @@ def prune_once(store: SessionStore, *, batch_size: int = PRUNE_BATCH_SIZE) -> in
         log.info("another process holds the prune lease of %r; nothing done", store.table.fullname)
         return None
     try:
-        return prune_held(store, lease, batch_size=batch_size)
+        return prune_held(store, lease, batch_size=batch_size, progress=progress)
     finally:
         lease.release()
 
