@@ -8,15 +8,19 @@ inspection).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
+import webtest
 from sqlalchemy.schema import DropIndex
 
-from conftest import drop_table
+from conftest import SECRET, drop_table
 from tests.cli_helpers import cli
-from wsgi_dbsession import SessionStore
+from wsgi_dbsession import SessionMiddleware, SessionStore
 from wsgi_dbsession.dialects import user_index_name
 from wsgi_dbsession.exceptions import StoreError
 from wsgi_dbsession.prune import PruneLease
@@ -219,3 +223,50 @@ def test_the_store_names_another_packages_table_on_first_use(
         with pytest.raises(StoreError, match="it is a Flask-Session table") as raised:
             store.get("some-sid")
         assert "another table name" in str(raised.value)
+
+
+def test_a_request_on_another_packages_table_is_a_500_that_names_it(
+    make: Callable[..., SessionStore], flask_session_table: SessionStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        environ["dbsession"]["user"] = "ann"
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"saved"]
+
+    url = flask_session_table.engine.url.render_as_string(hide_password=False)
+    middleware = SessionMiddleware(
+        app, secret=SECRET, url=url, table_name=flask_session_table.table.name, cleanup_interval=0
+    )
+    try:
+        with caplog.at_level(logging.ERROR, logger="wsgi_dbsession"):
+            response = webtest.TestApp(middleware).get("/", expect_errors=True)
+        assert response.status_int == 500  # a mistake, not the unavailable status of an outage
+        (record,) = [r for r in caplog.records if r.exc_info]
+        assert "it is a Flask-Session table" in str(record.exc_info[1])  # type: ignore[index]
+    finally:
+        middleware.close()
+
+
+@pytest.mark.parametrize(
+    ("owner", "ddl"),
+    [
+        (
+            "Beaker",
+            "CREATE TABLE {table} (id INTEGER PRIMARY KEY, namespace VARCHAR(255), accessed TIMESTAMP, "
+            "created TIMESTAMP, data BLOB)",
+        ),
+        (
+            "Django",
+            "CREATE TABLE {table} (session_key VARCHAR(40) PRIMARY KEY, session_data TEXT, "
+            "expire_date TIMESTAMP)",
+        ),
+    ],
+)
+def test_beaker_and_django_tables_are_named_too(owner: str, ddl: str, tmp_path: Path) -> None:
+    store = SessionStore(url=f"sqlite:///{tmp_path / 's.sqlite'}", table_name="sessions")
+    try:
+        execute(store, ddl.format(table="sessions"))
+        with pytest.raises(StoreError, match=f"it is a {owner} table"):
+            store.get("some-sid")
+    finally:
+        store.dispose()
