@@ -302,6 +302,11 @@ def test_flask_dbsession_check_and_its_hints_name_the_flask_command(tmp_path: Pa
     assert checked.returncode == 0, checked.stdout
     assert json.loads(checked.stdout)["ok"] is True
 
+    down = cli("prune", flask=True, env={**env, "FLASK_DBSESSION_URL": WRONG["mariadb"]["closed port"]})
+    assert down.returncode == ExitStatus.UNREACHABLE, down.stderr
+    assert down.stderr.startswith("flask dbsession: error: cannot reach the database at 127.0.0.1:1 ")
+    assert "wrong-secret" not in down.stderr and "Traceback" not in down.stderr
+
 
 def test_stats_prints_one_line_per_count(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = f"sqlite:///{tmp_path / 's.sqlite'}"
