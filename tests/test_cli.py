@@ -198,6 +198,8 @@ def test_usage_errors_exit_2_with_the_command_s_usage(
 def test_version_and_help_through_the_console_script() -> None:
     version = cli("--version", script=True)
     assert version.returncode == 0 and version.stdout.strip() == f"wsgi-dbsession {__version__}"
+    top_help = " ".join(cli("--help", script=True).stdout.split())
+    assert "exit status: 0 ok, 1 table, 2 usage, 3 unreachable, 4 refused" in top_help
     unknown = cli("vacuum", script=True)
     assert unknown.returncode == 2 and "invalid choice" in unknown.stderr
     prune_help = cli("prune", "--help", script=True).stdout

@@ -128,7 +128,12 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         help='dotted path of the user id in the session data, e.g. "passport.user"',
     )
 
-    parser = argparse.ArgumentParser(prog="wsgi-dbsession", description="Manage a wsgi_dbsession table.")
+    statuses = ", ".join(f"{status.value} {status.name.lower()}" for status in ExitStatus)
+    parser = argparse.ArgumentParser(
+        prog="wsgi-dbsession",
+        description="Manage a wsgi_dbsession table.",
+        epilog=f"exit status: {statuses} (docs/pruning.md#exit-status)",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
