@@ -9,10 +9,12 @@ Run it on its own (settings from the environment, SQLite by default)::
 
     python examples/pyramid_app.py [--port 6543]
 
-or from its ini file, as Pyramid projects do::
+or from its ini file, as Pyramid projects do; the ini file keeps neither
+the secret nor (for pserve) the port, so each command gives them::
 
-    PYTHONPATH=examples pserve examples/pyramid.ini
-    gunicorn -c examples/gunicorn.conf.py --paste examples/pyramid.ini
+    export SECRET=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')
+    PYTHONPATH=examples pserve examples/pyramid.ini session_secret=$SECRET http_port=6543
+    gunicorn -c examples/gunicorn.conf.py --paste examples/pyramid.ini --paste-global session_secret=$SECRET
 """
 
 from __future__ import annotations

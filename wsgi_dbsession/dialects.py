@@ -271,6 +271,17 @@ class SessionDialect:
         """
         table.create(conn, checkfirst=True)
 
+    def column_type_fix(self, table: sa.Table, column: str, reflected: TypeEngine[Any]) -> str | None:
+        """The SQL that gives ``column`` (``sess`` or ``expired``) the type it needs; None when it has it.
+
+        Here: any type is taken (a database without a class is not checked).
+        """
+        return None
+
+    def index_names(self, conn: Connection, table: sa.Table) -> set[str]:
+        """The names of ``table``'s indexes, expression indexes included."""
+        return {str(index["name"]) for index in sa.inspect(conn).get_indexes(table.name, schema=table.schema)}
+
     # -- errors -----------------------------------------------------------------
 
     def is_conflict(self, exc: DBAPIError) -> bool:
@@ -444,6 +455,20 @@ class PostgreSQL(SessionDialect):
     def is_read_only(self, exc: DBAPIError) -> bool:
         # read_only_sql_transaction: what a hot standby, or a primary Patroni demoted, answers a write.
         return getattr(exc.orig, "sqlstate", None) == "25006"
+
+    def column_type_fix(self, table: sa.Table, column: str, reflected: TypeEngine[Any]) -> str | None:
+        # json, not jsonb: jsonb rewrites the text, so the compare-and-set would never match.
+        target = self.sa_dialect.identifier_preparer.format_table(table)
+        if column == "sess" and not (
+            isinstance(reflected, postgresql.JSON) and not isinstance(reflected, postgresql.JSONB)
+        ):
+            return f"ALTER TABLE {target} ALTER COLUMN sess TYPE json USING sess::text::json"
+        if column == "expired" and not (isinstance(reflected, sa.DateTime) and reflected.timezone):
+            # Without a time zone the server reads an aware time in its own zone: rows expire off by hours.
+            return (
+                f"ALTER TABLE {target} ALTER COLUMN expired TYPE timestamptz USING expired AT TIME ZONE 'UTC'"
+            )
+        return None
 
     def user_expression(self, columns: SessionColumns, path: str) -> sa.ColumnElement[Any]:
         # json's own #>> (no cast to jsonb): text out, a number as its digits.
@@ -637,12 +662,35 @@ class MySQL(SessionDialect):
         )
         assert ddl.endswith(")")
         conn.exec_driver_sql(f"{ddl[:-1].rstrip()}{indexes}\n)")
+        # A table that was there already keeps whatever indexes it had: add those
+        # missing (MySQL has no CREATE INDEX IF NOT EXISTS). Two processes adding
+        # one at once: the loser's error 1061 makes the store look again.
+        present = self.index_names(conn, table)
+        for index in table.indexes:
+            if index.name not in present:
+                columns = ", ".join(preparer.quote(column.name) for column in index.columns)
+                target = preparer.format_table(table)
+                conn.exec_driver_sql(
+                    f"ALTER TABLE {target} ADD INDEX {preparer.quote(str(index.name))} ({columns})"
+                )
 
     def is_conflict(self, exc: DBAPIError) -> bool:
         return _error_code(exc) in self.conflict_codes
 
     def is_read_only(self, exc: DBAPIError) -> bool:
         return _error_code(exc) in self.read_only_codes
+
+    def column_type_fix(self, table: sa.Table, column: str, reflected: TypeEngine[Any]) -> str | None:
+        target = self.sa_dialect.identifier_preparer.format_table(table)
+        # MariaDB's JSON is LONGTEXT with a json_valid check: reflected as LONGTEXT.
+        if column == "sess" and not isinstance(reflected, (mysql.JSON, mysql.LONGTEXT)):
+            return f"ALTER TABLE {target} MODIFY sess JSON NOT NULL"
+        # TIMESTAMP converts to and from the connection's time zone; DATETIME keeps the UTC it is given.
+        if column == "expired" and (
+            not isinstance(reflected, sa.DATETIME) or isinstance(reflected, sa.TIMESTAMP)
+        ):
+            return f"ALTER TABLE {target} MODIFY expired DATETIME NOT NULL"
+        return None
 
     def user_expression(self, columns: SessionColumns, path: str) -> sa.ColumnElement[Any]:
         return _user_column(self, path)
@@ -847,6 +895,13 @@ class SQLite(SessionDialect):
     def create_user_index(self, conn: Connection, table: sa.Table, path: str) -> None:
         with self.transaction(conn):
             super().create_user_index(conn, table, path)
+
+    def index_names(self, conn: Connection, table: sa.Table) -> set[str]:
+        # SQLAlchemy skips expression indexes (the user index) with a warning: ask SQLite itself.
+        preparer = self.sa_dialect.identifier_preparer
+        schema = f"{preparer.quote_schema(table.schema)}." if table.schema else ""
+        rows = conn.exec_driver_sql(f"PRAGMA {schema}index_list({preparer.quote(table.name)})")
+        return {str(row[1]) for row in rows}
 
     def is_misconfiguration(self, exc: DBAPIError) -> bool:
         return "unable to open database file" in str(exc.orig)

@@ -620,3 +620,10 @@ def create_table_command() -> None:
 def stats_command(as_json: bool) -> None:
     """Count the live and the expired sessions."""
     raise SystemExit(run_command(_interface().manager.store, "stats", as_json=as_json))
+
+
+@dbsession_cli.command("check")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def check_command(as_json: bool) -> None:
+    """Check the sessions table, its indexes and the lease table; print the fix of each problem."""
+    raise SystemExit(run_command(_interface().manager.store, "check", as_json=as_json))

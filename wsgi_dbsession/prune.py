@@ -30,6 +30,7 @@ import socket
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -159,6 +160,7 @@ def prune_held(
     *,
     batch_size: int = PRUNE_BATCH_SIZE,  # rows per statement
     stop: threading.Event | None = None,  # set: stop after the current batch
+    progress: Callable[[int], None] | None = None,  # called with the rows deleted so far, after each batch
 ) -> int:
     """Delete the expired rows while ``lease`` is held (renewed after every batch); returns how many went.
 
@@ -172,6 +174,8 @@ def prune_held(
     try:
         for count in store.prune_batches(batch_size=batch_size):
             deleted += count
+            if progress is not None:
+                progress(deleted)
             if stop is not None and stop.is_set():
                 outcome = "stopped"
                 break
@@ -196,7 +200,12 @@ def prune_held(
     return deleted
 
 
-def prune_once(store: SessionStore, *, batch_size: int = PRUNE_BATCH_SIZE) -> int | None:
+def prune_once(
+    store: SessionStore,
+    *,
+    batch_size: int = PRUNE_BATCH_SIZE,
+    progress: Callable[[int], None] | None = None,  # called with the rows deleted so far, after each batch
+) -> int | None:
     """One prune under the table's prune lease, given back afterwards (cron, the command line).
 
     Returns how many rows went, or None when another process holds the
@@ -207,7 +216,7 @@ def prune_once(store: SessionStore, *, batch_size: int = PRUNE_BATCH_SIZE) -> in
         log.info("another process holds the prune lease of %r; nothing done", store.table.fullname)
         return None
     try:
-        return prune_held(store, lease, batch_size=batch_size)
+        return prune_held(store, lease, batch_size=batch_size, progress=progress)
     finally:
         lease.release()
 

@@ -261,6 +261,10 @@ class Session(MutableMapping[str, Any]):
         self._start_fresh(utcnow())
         self._expire_cookie = True
 
+    def delete(self) -> None:
+        """Beaker's name for :meth:`invalidate`, so an app moved from Beaker keeps its logout."""
+        self.invalidate()
+
     def regenerate(self) -> None:
         """Give the session a new id, keep its data, delete the old id (login).
 
@@ -338,6 +342,10 @@ class Session(MutableMapping[str, Any]):
         if update is not None:
             self._cookie_update = self._within_absolute_limit(update)
         return self._cookie_update
+
+    def persist(self) -> CookieUpdate | None:
+        """Beaker's name for :meth:`save` (writing early is harmless: the response still saves)."""
+        return self.save()
 
     def _write(self, secure: bool, headers_sent: bool) -> CookieUpdate | None:
         store = self._factory.store

@@ -20,6 +20,7 @@ from typing import Any, Protocol, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
+from .check import require_columns
 from .dialects import (
     BACKEND_ALIASES,
     ExpiryTimestamp,
@@ -331,8 +332,11 @@ class SessionStore:
         """Create the table and its expiry index when missing; safe to race.
 
         With ``user_key``, also the user index (:meth:`create_user_index`).
+        A table of that name without this package's columns (another
+        package's, reused by mistake) is a :class:`StoreError` naming it.
         """
         self.create(self.table)
+        require_columns(self)
         if self.user_key is not None:
             self.create_user_index()
         self._table_ready = True
