@@ -185,8 +185,8 @@ PLANTED = [
     Planted(
         "prune-command-ignores-batch-size",
         "cli.py",
-        "prune_once(store, batch_size=args.batch_size)",
-        "prune_once(store)",
+        "prune_once(store, batch_size=args.batch_size, ",
+        "prune_once(store, ",
         (
             "tests/test_prune_once.py::"
             "test_the_prune_command_deletes_in_batches_of_the_size_given[sqlite-core]",
