@@ -2,7 +2,7 @@
 
 Used by the ``check`` command (``wsgi-dbsession check``, ``flask dbsession
 check``), which reports every item OK or what is wrong and the one command
-or SQL that fixes it, and by the store's first use (:func:`require_columns`),
+or SQL that fixes it, and by the store's first use (:func:`unusable_columns`),
 which names a table of another package (Flask-Session, Beaker, Django)
 reused by mistake once, clearly, instead of a "column sid does not exist"
 on every request.
@@ -14,16 +14,12 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from .dialects import USER_COLUMN, SessionDialect, user_index_name
-from .exceptions import StoreError
-
-if TYPE_CHECKING:
-    from .store import SessionStore
+from .dialects import USER_COLUMN, SessionColumns, SessionDialect, user_index_name
 
 # The columns other session packages give their tables: a table holding one
 # of these sets is another package's, reused by mistake (the same table name).
@@ -70,37 +66,32 @@ class Report:
         return {"table": self.table, "ok": self.ok, "items": [finding.as_dict() for finding in self.findings]}
 
 
-def check_table(
-    store: SessionStore,
+def inspect_table(
+    conn: Connection,
+    columns: SessionColumns,
+    dialect: SessionDialect,
     *,
     lease: sa.Table | None,  # the prune lease's table (PruneLease(store).table), None: not checked
+    user_key: str | None,  # the user_key whose index to look for, None: not checked
     create_command: str,  # the command that creates what is missing, as the user would type it
 ) -> Report:
-    """Read ``store``'s table (and its lease table) and report each item.
-
-    Raises :class:`StoreError` (or :class:`StoreUnavailable`) when the
-    database cannot be asked: that is no finding about the table.
-    """
-    table, dialect = store.table, store.dialect
-
-    def inspect(conn: Connection) -> list[Finding]:
-        located = locate(conn, table, create_command)
-        if located is not None:
-            return [located]
-        findings = [Finding("table")]
-        columns = _columns(conn, table)
-        findings += column_findings(columns, table, store.columns.sid.name, dialect)
-        if not findings[-1].ok and findings[-1].item == "columns":
-            return findings  # another shape altogether: the rest would only repeat it
-        indexes = dialect.index_names(conn, table)
-        findings.append(_expiry_index(conn, table, create_command))
-        if lease is not None:
-            findings.append(_lease_table(conn, lease, create_command))
-        if store.user_key is not None:
-            findings.append(_user_index(table, store.user_key, columns, indexes, create_command))
-        return findings
-
-    return Report(table.fullname, tuple(store.runner.run(inspect, prepare=False)))
+    """Read the sessions table of ``columns`` (and its lease table) on ``conn`` and report each item."""
+    table = columns.table
+    located = locate(conn, table, create_command)
+    if located is not None:
+        return Report(table.fullname, (located,))
+    findings = [Finding("table")]
+    present = _columns(conn, table)
+    findings += column_findings(present, table, columns.sid.name, dialect)
+    if not findings[-1].ok and findings[-1].item == "columns":
+        return Report(table.fullname, tuple(findings))  # another shape altogether: the rest would repeat it
+    indexes = dialect.index_names(conn, table)
+    findings.append(_expiry_index(conn, table, create_command))
+    if lease is not None:
+        findings.append(_lease_table(conn, lease, create_command))
+    if user_key is not None:
+        findings.append(_user_index(table, user_key, present, indexes, create_command))
+    return Report(table.fullname, tuple(findings))
 
 
 def locate(conn: Connection, table: sa.Table, create_command: str) -> Finding | None:
@@ -144,24 +135,19 @@ def column_findings(
     return findings
 
 
-def require_columns(store: SessionStore) -> None:
-    """Raise a :class:`StoreError` naming the problem when the table lacks this package's columns.
+def unusable_columns(conn: Connection, columns: SessionColumns, dialect: SessionDialect) -> str | None:
+    """Why the existing table of ``columns`` cannot be this package's (None: it can, or is not there).
 
-    The store's first use of a table it may not have created: a table of
+    For the store's first use of a table it may not have created: a table of
     another package under the same name is a 500 that says so, not a
     "column sid does not exist" on every statement.
     """
-    table = store.table
-
-    def read(conn: Connection) -> list[Finding]:
-        columns = _columns(conn, table)
-        return column_findings(columns, table, store.columns.sid.name, store.dialect)[:1] if columns else []
-
-    for finding in store.runner.run(read, prepare=False):
+    table = columns.table
+    present = _columns(conn, table)
+    for finding in column_findings(present, table, columns.sid.name, dialect)[:1] if present else []:
         if not finding.ok:
-            raise StoreError(
-                f"the session table {table.fullname!r} is not usable: {finding.problem}; {finding.fix}"
-            )
+            return f"the session table {table.fullname!r} is not usable: {finding.problem}; {finding.fix}"
+    return None
 
 
 def _columns(conn: Connection, table: sa.Table) -> dict[str, dict[str, Any]]:

@@ -32,12 +32,12 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Any
 
 import sqlalchemy as sa
 
-from . import __version__
-from .check import Report, check_table, locate, require_columns
+from .check import Report, inspect_table, locate
 from .dialects import dialect_class, user_path
 from .exceptions import ConfigurationError, SessionError, StoreUnavailable
 from .prune import PruneLease, prune_once
@@ -134,7 +134,10 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         description="Manage a wsgi_dbsession table.",
         epilog=f"exit status: {statuses} (docs/pruning.md#exit-status)",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    # The installed distribution's version: the package's __init__ is a layer above this module.
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {metadata.version('wsgi_dbsession')}"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help: str, *parents: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -260,7 +263,7 @@ def _dispatch(args: argparse.Namespace, store: SessionStore, invocation: Invocat
         return _create_table(args, store, invocation)
     if args.command == "check":
         return _report(args, _check(store, invocation))
-    require_columns(store)  # a table of another package: say so, not "column sid does not exist"
+    store.require_columns()  # a table of another package: say so, not "column sid does not exist"
     if args.command == "sessions":
         return _sessions(args, store)
     if args.command == "logout-user":
@@ -283,8 +286,18 @@ def _dispatch(args: argparse.Namespace, store: SessionStore, invocation: Invocat
 
 
 def _check(store: SessionStore, invocation: Invocation) -> Report:
-    return check_table(
-        store, lease=PruneLease(store).table, create_command=invocation.command("create-table")
+    """The store's table, item by item; a database that cannot be asked raises (no finding)."""
+    lease, create_command = PruneLease(store).table, invocation.command("create-table")
+    return store.runner.run(
+        lambda conn: inspect_table(
+            conn,
+            store.columns,
+            store.dialect,
+            lease=lease,
+            user_key=store.user_key,
+            create_command=create_command,
+        ),
+        prepare=False,
     )
 
 

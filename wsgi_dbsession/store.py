@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
-from .check import require_columns
+from .check import unusable_columns
 from .dialects import (
     BACKEND_ALIASES,
     ExpiryTimestamp,
@@ -336,10 +336,18 @@ class SessionStore:
         package's, reused by mistake) is a :class:`StoreError` naming it.
         """
         self.create(self.table)
-        require_columns(self)
+        self.require_columns()
         if self.user_key is not None:
             self.create_user_index()
         self._table_ready = True
+
+    def require_columns(self) -> None:
+        """Raise a :class:`StoreError` naming the problem when the table is another package's."""
+        problem = self.runner.run(
+            lambda conn: unusable_columns(conn, self.columns, self.dialect), prepare=False
+        )
+        if problem is not None:
+            raise StoreError(problem)
 
     def create(self, table: sa.Table) -> None:
         """Create ``table`` (this store's or a helper table) the way the dialect makes it race-safe."""
