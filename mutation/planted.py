@@ -146,7 +146,8 @@ PLANTED = [
     Planted(
         "prune-ignores-stop",
         "prune.py",
-        "        if stop is not None and stop.is_set():\n            break\n",
+        '            if stop is not None and stop.is_set():\n                outcome = "stopped"\n'
+        "                break\n",
         "",
         (
             "tests/test_cleanup.py::"
@@ -175,9 +176,9 @@ PLANTED = [
     Planted(
         "failed-prune-keeps-the-lease",
         "prune.py",
-        "    try:\n        return prune_held(store, lease, batch_size=batch_size)\n"
+        "    try:\n        return prune_held(store, lease, batch_size=batch_size, progress=progress)\n"
         "    finally:\n        lease.release()\n",
-        "    deleted = prune_held(store, lease, batch_size=batch_size)\n"
+        "    deleted = prune_held(store, lease, batch_size=batch_size, progress=progress)\n"
         "    lease.release()\n    return deleted\n",
         ("tests/test_prune_once.py::test_a_failed_prune_gives_its_lease_back[sqlite-core]",),
         "a retry right after a failed CLI prune is told another process holds the lease",
