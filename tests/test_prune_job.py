@@ -22,9 +22,9 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import LIVE_URLS, StatementLog, drop_table
+from tests.process_helpers import in_child, wait_for
 from tests.prune_helpers import lease_of_another_process, live_rows, seed
-from tests.test_cleanup import in_child, wait_for
-from tests.test_databases import scratch_schema
+from tests.schema_helpers import scratch_schema
 from wsgi_dbsession import SessionStore, prune
 from wsgi_dbsession.prune import PruneLease, PruneScheduler, prune_held, prune_once
 from wsgi_dbsession.store import utcnow

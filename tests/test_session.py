@@ -12,7 +12,7 @@ import pytest
 import webtest
 
 from conftest import SECRET, StatementLog
-from tests.test_middleware import MakeApp, set_cookies, sid_in
+from tests.webtest_helpers import MakeApp, set_cookies, sid_in
 from wsgi_dbsession import sign
 from wsgi_dbsession.cookies import encode_value, generate_sid
 
