@@ -1,12 +1,17 @@
-"""For tests that wait for something another thread or process does, and that fork."""
+"""For tests that run work in another process (a fork, ``python -m``) or thread, and wait for what it does."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 60.0) -> Any:
@@ -37,3 +42,17 @@ def in_child(work: Callable[[], bool]) -> int:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
+
+
+def run_module(module: str, *args: str) -> str:
+    """``python -m module args`` from the repository root; its output, once it exited 0."""
+    result = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
