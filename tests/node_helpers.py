@@ -34,7 +34,7 @@ import sqlalchemy as sa
 
 from conftest import backend_url, drop_table, stop_process, unique_table_name
 from tests.apps import session_app
-from tests.test_http_server import QuietHandler
+from tests.http_helpers import QuietHandler
 from wsgi_dbsession import SessionMiddleware, SessionStore, unsign
 
 NODE_DIR = Path(__file__).resolve().parent / "node"

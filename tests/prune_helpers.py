@@ -5,6 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
+import threading
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -72,3 +75,22 @@ def lease_of_another_process(store: SessionStore) -> PruneLease:
     lease = PruneLease(store)
     lease._pid, lease._holder = os.getpid(), "another process"
     return lease
+
+
+def hold_the_first_delete(store: SessionStore, hold: float) -> tuple[threading.Event, threading.Event]:
+    """Hold the first DELETE on ``store``'s table for up to ``hold`` seconds.
+
+    Returns (in_batch, finish_batch): the first is set once the DELETE is held,
+    setting the second lets it go.
+    """
+    table = store.table.name
+    in_batch, finish_batch = threading.Event(), threading.Event()
+
+    def hold_it(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        deleting = statement.lstrip().upper().startswith("DELETE") and re.search(rf"\b{table}\b", statement)
+        if deleting and not in_batch.is_set():
+            in_batch.set()
+            finish_batch.wait(hold)
+
+    sa.event.listen(store.engine, "before_cursor_execute", hold_it)
+    return in_batch, finish_batch

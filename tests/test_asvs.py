@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from pyramid.config import Configurator
 
 from conftest import SECRET, StatementLog
 from tests.apps import session_app
-from tests.test_middleware import set_cookies, sid_in
+from tests.webtest_helpers import MakeApp, set_cookies, sid_in
 from wsgi_dbsession import ConfigurationError, SessionMiddleware
 from wsgi_dbsession.cookies import encode_value, generate_sid, sign
 from wsgi_dbsession.express import to_iso_z
@@ -31,7 +30,6 @@ from wsgi_dbsession.paste import filter_factory
 from wsgi_dbsession.pyramid import session_factory_from_settings
 from wsgi_dbsession.store import utcnow
 
-MakeApp = Callable[..., tuple[webtest.TestApp, SessionMiddleware]]
 HOUR = 3600  # seconds
 ABSOLUTE = 3  # seconds: the absolute lifetime of the tests that wait it out (slack for a loaded machine)
 

@@ -7,13 +7,12 @@ smoke run's numbers mean nothing.
 from __future__ import annotations
 
 import importlib.util
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.process_helpers import run_module
+
 DATABASES = ("sqlite", "postgresql", "mariadb")
 SYSTEMS = ("raw", "min", "wsgi_dbsession", "Django", "Beaker")
 # The round-trip budget of wsgi_dbsession (README, docs/benchmarks.md):
@@ -23,20 +22,6 @@ BUDGET = "0 / 1 / 2 / 1"
 
 def run_benchmarks(*args: str) -> str:
     return run_module("benchmarks", "--quick", *args)
-
-
-def run_module(module: str, *args: str) -> str:
-    """``python -m module args`` from the repository root; its output, once it exited 0."""
-    result = subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=180,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
 
 
 def tables(out: str) -> dict[str, list[dict[str, str]]]:

@@ -12,7 +12,6 @@ import sys
 import textwrap
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import webtest
 
 from conftest import SECRET, StatementLog
 from tests.apps import session_app
+from tests.process_helpers import in_child, wait_for
 from tests.prune_helpers import connection_id, lease_of_another_process, live_rows, seed
 from wsgi_dbsession import Options, SessionMiddleware, SessionStore
 from wsgi_dbsession.prune import PruneLease, PruneScheduler, prune_once
@@ -31,35 +31,6 @@ from wsgi_dbsession.store import SessionStats, utcnow
 MakeStore = Callable[..., SessionStore]
 MakeApp = Callable[..., tuple[webtest.TestApp, SessionMiddleware]]
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-    return result
-
-
-def fork() -> int:
-    # Python 3.12 warns when a process with threads forks; these children only
-    # run this test's own code, then os._exit.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return os.fork()
-
-
-def in_child(work: Callable[[], bool]) -> int:
-    """Run ``work`` in a forked child; its exit code: 0 when it returned True."""
-    pid = fork()
-    if pid == 0:
-        code = 2
-        try:
-            code = 0 if work() else 1
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
 
 
 def scheduler_threads() -> int:

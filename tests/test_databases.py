@@ -8,7 +8,6 @@ the server killed a pooled connection.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import multiprocessing
@@ -26,6 +25,7 @@ import sqlalchemy as sa
 from conftest import LIVE_URLS, drop_table
 from tests import db_workers
 from tests.apps import session_app
+from tests.schema_helpers import scratch_schema
 from wsgi_dbsession import SessionStore, create_engine
 from wsgi_dbsession.express import UTC, to_iso_z
 
@@ -181,23 +181,6 @@ def test_quoted_table_and_column_names_work(make_store: Callable[..., SessionSto
     store.create_table()
     db_workers.exercise(store)
     assert sa.inspect(store.engine).has_table(store.table.name)
-
-
-@contextlib.contextmanager
-def scratch_schema(engine: sa.Engine) -> Iterator[str]:
-    """A schema (a database, on MariaDB) that only this test uses, dropped afterwards."""
-    name = f"Wsgi-Schema-{secrets.token_hex(4)}"
-    quoted = engine.dialect.identifier_preparer.quote(name)
-    postgres = engine.dialect.name == "postgresql"
-    with engine.connect() as conn:
-        conn.exec_driver_sql(f"CREATE {'SCHEMA' if postgres else 'DATABASE'} {quoted}")
-    try:
-        yield name
-    finally:
-        with engine.connect() as conn:
-            conn.exec_driver_sql(
-                f"DROP {'SCHEMA' if postgres else 'DATABASE'} {quoted}{' CASCADE' if postgres else ''}"
-            )
 
 
 @pytest.mark.parametrize("backend", SERVERS)

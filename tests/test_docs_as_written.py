@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SECRET
-from tests.test_examples import EXAMPLES, serving
+from tests.example_helpers import EXAMPLES, serving
 
 pytestmark = pytest.mark.slow
 

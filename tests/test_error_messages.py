@@ -11,7 +11,7 @@ from flask import Flask
 from pyramid.config import Configurator
 
 from conftest import SECRET
-from tests.test_middleware import MakeApp
+from tests.webtest_helpers import MakeApp
 from wsgi_dbsession import ConfigurationError, SessionMiddleware
 from wsgi_dbsession.flask import DBSession
 

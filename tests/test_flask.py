@@ -21,9 +21,9 @@ from flask import Flask
 from markupsafe import Markup
 
 from conftest import LIVE_URLS, SECRET, StatementLog, drop_table, unique_table_name
+from tests.example_helpers import EXAMPLES, Browser, serving
 from tests.flask_apps import build_app
 from tests.prune_helpers import live_rows, seed
-from tests.test_examples import EXAMPLES, Browser, serving
 from wsgi_dbsession import (
     ConfigurationError,
     SerializationError,

@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import webob
 import webtest
 
 from conftest import LIVE_URLS, SECRET, drop_table, stop_process, unique_table_name
+from tests import process_helpers
 from tests.topology import Server, free_port, get, start_gunicorn, wait_for
 from wsgi_dbsession import (
     ConfigurationError,
@@ -484,11 +484,14 @@ def test_prune_runs_log_at_info_only_when_they_deleted_something(
 
     sa.event.listen(store.engine, "before_cursor_execute", count)
     try:
-        with caplog.at_level(logging.INFO):
+        # The job's own lines at DEBUG too: each run ends with one ("pruned 0 ..." at DEBUG).
+        with caplog.at_level(logging.INFO), caplog.at_level(logging.DEBUG, logger="wsgi_dbsession.prune"):
             app.get("/none")  # the first request starts the prune job
             for _ in range(3):  # the run that deletes the expired row, then at least two that delete none
                 assert prunes.acquire(timeout=20), "the prune job did not run"
-            time.sleep(0.1)  # the last run's log line
+            process_helpers.wait_for(  # the last run's log line
+                lambda: sum(record.getMessage().startswith("pruned ") for record in caplog.records) >= 3
+            )
             middleware.close()
     finally:
         sa.event.remove(store.engine, "before_cursor_execute", count)

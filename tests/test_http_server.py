@@ -8,17 +8,13 @@ import threading
 import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, make_server
+from wsgiref.simple_server import make_server
 
 import pytest
 
 from conftest import StatementLog
 from tests.apps import session_app
-
-
-class QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+from tests.http_helpers import QuietHandler
 
 
 @pytest.fixture

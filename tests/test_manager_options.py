@@ -18,7 +18,7 @@ import webtest
 from conftest import LIVE_URLS, SECRET, StatementLog, drop_table
 from tests.apps import session_app
 from tests.prune_helpers import seed
-from tests.test_databases import scratch_schema
+from tests.schema_helpers import scratch_schema
 from wsgi_dbsession import SessionMiddleware
 
 

@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from conftest import LIVE_URLS, SECRET, unique_table_name
 from tests.apps import session_app
-from tests.test_benchmarks_smoke import run_module
+from tests.process_helpers import run_module
 from wsgi_dbsession import SessionMiddleware, SessionStore, generate_sid, sign
 from wsgi_dbsession.cookies import encode_value
 from wsgi_dbsession.observe import METRICS, Event

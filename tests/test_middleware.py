@@ -6,7 +6,6 @@ import datetime as dt
 import json
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import unquote
 from wsgiref.util import setup_testing_defaults
 
 import pytest
@@ -14,22 +13,9 @@ import webtest
 
 from conftest import SECRET, StatementLog
 from tests.apps import session_app
-from wsgi_dbsession import SessionMiddleware, sign, unsign
+from tests.webtest_helpers import MakeApp, set_cookies, sid_in
+from wsgi_dbsession import SessionMiddleware, sign
 from wsgi_dbsession.cookies import encode_value, generate_sid
-
-MakeApp = Callable[..., tuple[webtest.TestApp, SessionMiddleware]]
-
-
-def set_cookies(response: webtest.TestResponse) -> list[str]:
-    return response.headers.getall("Set-Cookie")
-
-
-def sid_in(response: webtest.TestResponse, secret: str = SECRET) -> str:
-    (header,) = set_cookies(response)
-    value = header.split(";", 1)[0].split("=", 1)[1]
-    sid = unsign(unquote(value), [secret.encode()])
-    assert sid is not None
-    return sid
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from paste.deploy import loadapp
 
 from conftest import SECRET, drop_table
 from tests.apps import session_app
-from tests.test_middleware import sid_in
+from tests.webtest_helpers import sid_in
 from wsgi_dbsession import ConfigurationError, SessionMiddleware, sign
 from wsgi_dbsession.cookies import encode_value
 from wsgi_dbsession.options import option_defaults, option_types

@@ -13,23 +13,28 @@ import os
 import re
 import secrets
 import socket
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from conftest import LIVE_URLS, StatementLog, drop_table
-from tests.prune_helpers import lease_of_another_process, live_rows, seed
-from tests.test_cleanup import in_child, wait_for
-from tests.test_databases import scratch_schema
-from wsgi_dbsession import SessionStore, prune
+from tests.process_helpers import in_child, wait_for
+from tests.prune_helpers import hold_the_first_delete, lease_of_another_process, live_rows, seed
+from tests.schema_helpers import scratch_schema
+from wsgi_dbsession import SessionStore
 from wsgi_dbsession.prune import PruneLease, PruneScheduler, prune_held, prune_once
 from wsgi_dbsession.store import utcnow
 
 MakeStore = Callable[..., SessionStore]
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def deletes_from(store: SessionStore, log: StatementLog) -> list[str]:
@@ -160,10 +165,17 @@ def test_a_lease_lapses_after_its_duration_and_not_before(make_store: MakeStore)
     mine, theirs = PruneLease(store, duration=1.5), lease_of_another_process(make_store())
     assert mine.try_acquire()
     assert not theirs.try_acquire(), "held: its expiry is ahead"
-    lapse = lease_rows(store)[0][2] + dt.timedelta(seconds=1)  # MariaDB keeps whole seconds here
-    while utcnow() <= lapse:
-        time.sleep(0.05)
-    assert theirs.try_acquire(), "lapsed: taken over"
+    expires = lease_rows(store)[0][2]
+    lapse = expires + dt.timedelta(seconds=1)  # MariaDB keeps whole seconds here
+
+    def take_over() -> bool:
+        tried = utcnow()
+        taken = theirs.try_acquire()
+        assert taken or tried <= lapse, "lapsed: taken over"
+        return taken
+
+    wait_for(take_over)
+    assert utcnow() > expires, "held until its expiry"
     mine.release()  # it still believes it holds the lease: giving it back must not free theirs
     assert lease_rows(store)[0][1] == "another process"
     assert not mine.try_acquire()
@@ -200,7 +212,7 @@ def test_a_process_whose_id_is_1_starts_its_job_too(
     try:
         assert not job.started
         job.ensure_started()
-        assert job.started and job._scheduler is not None and job._scheduler.running
+        assert job.started and job.running
         # Its lease names it as every other process: a holder of its own, not the empty one
         # every other process 1 (on other hosts) would share.
         assert re.fullmatch(rf"{re.escape(socket.gethostname()[:200])}:1:[0-9a-f]{{8}}", job.lease.holder)
@@ -265,52 +277,42 @@ def test_a_failed_run_is_logged_with_its_traceback_naming_the_table(
     assert record.exc_info and isinstance(record.exc_info[1], Exception), "with the cause's traceback"
 
 
-def hold_the_first_delete(store: SessionStore, hold: float) -> tuple[threading.Event, threading.Event]:
-    """Hold the first DELETE on ``store``'s table for up to ``hold`` seconds.
-
-    Returns (in_batch, finish_batch): the first is set once the DELETE is held,
-    setting the second lets it go.
-    """
-    table = store.table.name
-    in_batch, finish_batch = threading.Event(), threading.Event()
-
-    def hold_it(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        deleting = statement.lstrip().upper().startswith("DELETE") and re.search(rf"\b{table}\b", statement)
-        if deleting and not in_batch.is_set():
-            in_batch.set()
-            finish_batch.wait(hold)
-
-    sa.event.listen(store.engine, "before_cursor_execute", hold_it)
-    return in_batch, finish_batch
-
-
-def test_at_exit_a_running_prune_is_waited_for_one_second_at_most(make_store: MakeStore) -> None:
-    # What atexit runs: every started job is stopped and its lease given back; a prune
-    # in the middle of a batch delays the exit by a second at most, then is left behind.
-    # The prune runs on a thread of its own here; the scheduler's own thread runs it in
+def test_at_exit_a_running_prune_is_waited_for_one_second_at_most(db_url: str, make_store: MakeStore) -> None:
+    # At its exit a process stops every job it started; a prune in the middle of a batch
+    # delays the exit by a second at most, then is left behind. The prune runs on a
+    # thread of its own here; the scheduler's own thread runs it in
     # test_shutdown_during_a_batch_run_by_the_scheduler_itself_waits_its_timeout_then_returns.
     store = make_store()
     seed(store, expired=20, live=0)
-    job = PruneScheduler(store, interval=60, batch_size=10)
-    job.ensure_started()
-    in_batch, finish_batch = hold_the_first_delete(store, 30)
-    pruning = threading.Thread(target=job.run_once)
-    pruning.start()
-    exiting = threading.Thread(target=prune._shutdown_all)
-    try:
-        assert in_batch.wait(30)
-        started = time.monotonic()
-        exiting.start()
-        exiting.join(10)
-        elapsed = time.monotonic() - started
-        assert not exiting.is_alive(), "exit waited for the prune"
-        assert 0.9 <= elapsed < 1.9, elapsed
-        assert not job.started
-    finally:
-        finish_batch.set()
-        pruning.join(30)
-        exiting.join(30)
-        job.shutdown()
+    script = textwrap.dedent(
+        f"""
+        import atexit, os, threading, time
+
+        # Registered before the package's own exit handler: atexit runs it after that one.
+        atexit.register(lambda: os.write(2, f"\\nexited {{time.monotonic()}} {{job.started}}\\n".encode()))
+
+        from tests.prune_helpers import hold_the_first_delete
+        from wsgi_dbsession import SessionStore
+        from wsgi_dbsession.prune import PruneScheduler
+
+        store = SessionStore(url={db_url!r}, table_name={store.table.name!r})
+        job = PruneScheduler(store, interval=60, batch_size=10)
+        job.ensure_started()
+        in_batch, _ = hold_the_first_delete(store, 30)
+        threading.Thread(target=job.run_once, daemon=True).start()
+        assert in_batch.wait(30), "no batch started"
+        os.write(2, f"\\nexiting {{time.monotonic()}}\\n".encode())
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    (exiting,) = re.findall(r"^exiting ([\d.]+)$", done.stderr, re.MULTILINE)
+    ((exited, started),) = re.findall(r"^exited ([\d.]+) (\w+)$", done.stderr, re.MULTILINE)
+    elapsed = float(exited) - float(exiting)
+    assert 0.9 <= elapsed < 1.9, elapsed
+    assert started == "False", "the job was stopped"
 
 
 # -- a prune in progress -----------------------------------------------------------------
@@ -413,7 +415,7 @@ def test_a_forked_child_can_shut_down_the_job_it_inherited(make_store: MakeStore
             return not job.started
 
         assert in_child(child) == 0
-        assert job.started and job._scheduler.running, "the parent's job runs on"
+        assert job.running, "the parent's job runs on"
     finally:
         job.shutdown()
 

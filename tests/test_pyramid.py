@@ -14,7 +14,7 @@ from pyramid.request import Request
 from zope.interface.verify import verifyObject
 
 from conftest import SECRET, StatementLog, drop_table
-from tests.test_middleware import set_cookies, sid_in
+from tests.webtest_helpers import set_cookies, sid_in
 from wsgi_dbsession import ConfigurationError, SerializationError, Session, SessionMiddleware
 from wsgi_dbsession.pyramid import DBSessionFactory
 

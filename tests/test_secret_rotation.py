@@ -17,7 +17,7 @@ from typing import Any
 from flask import Flask, session
 
 from conftest import SECRET, StatementLog, drop_table
-from tests.test_middleware import MakeApp, set_cookies, sid_in
+from tests.webtest_helpers import MakeApp, set_cookies, sid_in
 from wsgi_dbsession.flask import DBSession
 
 OLD = SECRET

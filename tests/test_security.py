@@ -14,7 +14,6 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -25,12 +24,11 @@ import webtest
 
 from conftest import SECRET, StatementLog, drop_table
 from tests.apps import session_app
-from tests.test_middleware import sid_in
+from tests.webtest_helpers import MakeApp, sid_in
 from wsgi_dbsession import SessionMiddleware, SessionStore, sign
 from wsgi_dbsession.cookies import encode_value, generate_sid
 from wsgi_dbsession.session import CookieUpdate
 
-MakeApp = Callable[..., tuple[webtest.TestApp, SessionMiddleware]]
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "wsgi_dbsession"
 OLD_SECRET = "the-retired-secret-0123456789abcdefghijklmn"

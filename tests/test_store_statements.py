@@ -18,8 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import LIVE_URLS, unique_table_name
-from tests.test_databases import scratch_schema
-from tests.test_user_sessions import index_exists
+from tests.schema_helpers import index_exists, scratch_schema
 from wsgi_dbsession import ConfigurationError, SessionStore, StoreError, create_engine
 from wsgi_dbsession.cookies import generate_sid
 from wsgi_dbsession.express import UTC

@@ -29,8 +29,9 @@ from tests.node_helpers import (  # noqa: F401 - the fixtures `interop` and `nod
     interop_fixture,
     node_fixture,
 )
+from tests.schema_helpers import index_exists
 from wsgi_dbsession import SessionMiddleware, SessionStore
-from wsgi_dbsession.dialects import USER_COLUMN, user_index_name
+from wsgi_dbsession.dialects import user_index_name
 from wsgi_dbsession.exceptions import ConfigurationError
 from wsgi_dbsession.express import UTC
 from wsgi_dbsession.options import Options
@@ -45,39 +46,6 @@ def utcnow() -> dt.datetime:
 
 def logged_in_as(client: webtest.TestApp) -> Any:
     return client.get("/read").json["data"].get("user")
-
-
-def index_exists(store: SessionStore) -> bool:
-    """Whether the table's user index is in the database's catalog."""
-    name = user_index_name(store.table)
-    with store.engine.connect() as conn:
-        if store.engine.dialect.name == "postgresql":
-            definition = conn.execute(
-                sa.text("SELECT indexdef FROM pg_indexes WHERE tablename = :t AND indexname = :i"),
-                {"t": store.table.name, "i": name},
-            ).scalar()
-            return definition is not None and "#>>" in definition
-        if store.engine.dialect.name == "sqlite":
-            sql = conn.execute(
-                sa.text("SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = :t AND name = :i"),
-                {"t": store.table.name, "i": name},
-            ).scalar()
-            return sql is not None and "json_extract" in sql
-        generated = conn.execute(
-            sa.text(
-                "SELECT generation_expression FROM information_schema.columns "
-                "WHERE table_schema = DATABASE() AND table_name = :t AND column_name = :c"
-            ),
-            {"t": store.table.name, "c": USER_COLUMN},
-        ).scalar()
-        indexed = conn.execute(
-            sa.text(
-                "SELECT column_name FROM information_schema.statistics "
-                "WHERE table_schema = DATABASE() AND table_name = :t AND index_name = :i"
-            ),
-            {"t": store.table.name, "i": name},
-        ).scalar()
-        return generated is not None and "json_extract" in generated.lower() and indexed == USER_COLUMN
 
 
 def insert_express_row(store: SessionStore, sid: str, sess: dict[str, Any], expires: dt.datetime) -> None:

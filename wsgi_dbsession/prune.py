@@ -252,6 +252,11 @@ class PruneScheduler:
         """Whether the job runs in this process."""
         return self._pid == os.getpid()
 
+    @property
+    def running(self) -> bool:
+        """Whether the job's scheduler runs in this process: started here and not shut down since."""
+        return self.started and self._scheduler is not None and bool(self._scheduler.running)
+
     def ensure_started(self) -> None:
         """Start the job in this process unless it runs here already; per request, one comparison."""
         if self._pid == os.getpid():
