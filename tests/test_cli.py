@@ -171,7 +171,10 @@ def test_an_unreachable_database_exits_3_without_the_password() -> None:
     [
         (("prune",), "give --url or set WSGI_DBSESSION_URL"),
         (("prune", "--url", "not a url"), "--url/--table"),
-        (("prune", "--url", "sqlite://", "--batch-size", "0"), "--batch-size: must be at least 1"),
+        (
+            ("prune", "--url", "sqlite://", "--batch-size", "0"),
+            "--batch-size: must be a positive number of rows",
+        ),
         (("prune", "--url", "sqlite://", "--user-key", "id"), "unrecognized arguments: --user-key"),
         (("stats", "--url", "sqlite://", "--user-key", "id"), "unrecognized arguments: --user-key"),
         (

@@ -38,14 +38,15 @@ from typing import Any
 import sqlalchemy as sa
 
 from .check import Report, inspect_table, locate
-from .dialects import dialect_class, user_path
+from .dialects import dialect_class
 from .exceptions import ConfigurationError, SessionError, StoreUnavailable
+from .options import Options, option_defaults
 from .prune import PruneLease, prune_once
-from .store import PRUNE_BATCH_SIZE, SessionStore
+from .store import SessionStore
 
 URL_VARIABLE = "WSGI_DBSESSION_URL"
 TABLE_VARIABLE = "WSGI_DBSESSION_TABLE"
-DEFAULT_TABLE = "sessions"
+DEFAULTS = option_defaults()
 
 
 class ExitStatus(enum.IntEnum):
@@ -87,19 +88,27 @@ class _Formatter(argparse.HelpFormatter):
         return text
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
+def _batch_size(text: str) -> int:
+    """``--batch-size``, checked as the ``cleanup_batch_size`` option is."""
+    return int(_checked("cleanup_batch_size", int(text)))
+
+
+def _checked(option: str, value: Any) -> Any:
+    """``value`` if the option takes it (Options' own check), else a usage error."""
+    try:
+        Options(**{option: value})
+    except ConfigurationError as exc:
+        # argparse names the flag: "cleanup_batch_size must be …" is said "must be …".
+        message = str(exc)
+        if message.startswith(f"{option} must "):
+            message = message.removeprefix(f"{option} ")
+        raise argparse.ArgumentTypeError(message) from None
     return value
 
 
 def _user_key(text: str) -> str:
-    try:
-        user_path(text)
-    except ConfigurationError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+    """``--user-key``, checked as the ``user_key`` option is."""
+    return str(_checked("user_key", text))
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -108,9 +117,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     table.add_argument("--url", help=f"SQLAlchemy URL of the session database (default: ${URL_VARIABLE})")
     table.add_argument(
         "--table",
-        help=f'table name, may be "schema.table" (default: ${TABLE_VARIABLE}, else {DEFAULT_TABLE})',
+        help=f'table name, may be "schema.table" (default: ${TABLE_VARIABLE}, else {DEFAULTS["table_name"]})',
     )
-    table.add_argument("--sid-column", default="sid", help="name of the session id column")
+    table.add_argument("--sid-column", default=DEFAULTS["sid_column"], help="name of the session id column")
     table.add_argument("--schema", help="schema of the table, where the database has schemas")
     table.add_argument("--json", action="store_true", help="print one JSON object")
     user_key = argparse.ArgumentParser(add_help=False)
@@ -148,8 +157,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     prune = command("prune", "delete expired sessions (for cron; takes the prune lock)")
     prune.add_argument(
         "--batch-size",
-        type=_positive,
-        default=PRUNE_BATCH_SIZE,
+        type=_batch_size,
+        default=DEFAULTS["cleanup_batch_size"],
         help="rows per delete statement, each its own transaction",
     )
     command("create-table", "create the table, its indexes and the lease table where missing", user_key)
@@ -174,13 +183,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         sa.make_url(url)
     except sa.exc.ArgumentError as exc:
         usage.error(f"--url/--table: {exc}")
-    table = args.table or os.environ.get(TABLE_VARIABLE) or DEFAULT_TABLE
+    table = args.table or os.environ.get(TABLE_VARIABLE) or DEFAULTS["table_name"]
     invocation = Invocation("wsgi-dbsession", _given_options(args))
     try:
         if args.command != "create-table":
             _refuse_missing_file(url, invocation)
         try:
-            store = SessionStore(
+            options = Options(
                 url=url,
                 table_name=table,
                 sid_column=args.sid_column,
@@ -188,6 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 create_table=False,
                 user_key=getattr(args, "user_key", None),
             )
+            store = SessionStore(**options.arguments("store"))
         except ConfigurationError as exc:
             if isinstance(exc.__cause__, ImportError):
                 raise CommandError(ExitStatus.REFUSED, str(exc)) from None
@@ -208,7 +218,7 @@ def _given_options(args: argparse.Namespace) -> tuple[str, ...]:
     for flag, value, default in (
         ("--table", args.table, None),
         ("--schema", args.schema, None),
-        ("--sid-column", args.sid_column, "sid"),
+        ("--sid-column", args.sid_column, DEFAULTS["sid_column"]),
         ("--user-key", getattr(args, "user_key", None), None),
     ):
         if value is not None and value != default:
@@ -220,7 +230,7 @@ def run_command(
     store: SessionStore,
     command: str,
     *,
-    batch_size: int = PRUNE_BATCH_SIZE,
+    batch_size: int = DEFAULTS["cleanup_batch_size"],
     as_json: bool = False,
     program: str = "flask dbsession",  # what a hint names, as the user would type it
 ) -> int:
@@ -232,8 +242,6 @@ def run_command(
     """
     if command not in COMMANDS:
         raise ValueError(f"command must be one of {COMMANDS}, not {command!r}")
-    if batch_size < 1:
-        raise ValueError("batch_size must be at least 1")
     args = argparse.Namespace(command=command, batch_size=batch_size, json=as_json)
     return _run(args, store, Invocation(program))
 

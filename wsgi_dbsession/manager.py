@@ -45,40 +45,10 @@ class SessionManager:
         self.options = opts = Options.from_keywords(options)
         if opts.url is None and opts.engine is None:
             _warn_default_file()
-        self.store = SessionStore(
-            url=opts.url,
-            engine=opts.engine,
-            table_name=opts.table_name,
-            sid_column=opts.sid_column,
-            schema=opts.schema,
-            create_table=opts.create_table,
-            serializer=opts.serializer,
-            user_key=opts.user_key,
-        )
-        self.cookie = SessionCookie(
-            name=opts.cookie_name,
-            secrets=parse_secrets(opts.secret),
-            path=opts.path,
-            domain=opts.domain,
-            secure=opts.secure,
-            httponly=opts.httponly,
-            samesite=opts.samesite,
-            partitioned=opts.partitioned,
-        )
-        self.factory = SessionFactory(
-            store=self.store,
-            cookie=self.cookie,
-            max_age=opts.max_age,
-            rolling=opts.rolling,
-            touch_after=opts.touch_after,
-            max_size=opts.max_size,
-            absolute_max_age=opts.absolute_max_age,
-        )
-        self.pruner = (
-            PruneScheduler(self.store, interval=opts.cleanup_interval, batch_size=opts.cleanup_batch_size)
-            if opts.cleanup_interval
-            else None
-        )
+        self.store = SessionStore(**opts.arguments("store"))
+        self.cookie = SessionCookie(secrets=parse_secrets(opts.secret), **opts.arguments("cookie"))
+        self.factory = SessionFactory(store=self.store, cookie=self.cookie, **opts.arguments("session"))
+        self.pruner = PruneScheduler(self.store, **opts.arguments("prune")) if opts.cleanup_interval else None
 
     def __repr__(self) -> str:
         return f"<SessionManager {self.options.environ_key!r} {self.store!r}>"

@@ -22,45 +22,65 @@ from .exceptions import ConfigurationError
 from .store import PRUNE_BATCH_SIZE, Serializer
 
 
+def option(default: Any, part: str | None = None, keyword: str | None = None) -> Any:
+    """An option's field: its default, and the part it configures under which keyword.
+
+    ``part`` is ``store`` (:class:`~wsgi_dbsession.store.SessionStore`), ``cookie``
+    (:class:`~wsgi_dbsession.cookies.SessionCookie`), ``session`` (the session
+    factory) or ``prune`` (the prune job); ``keyword`` is the part's name for it
+    where that is not the option's. :meth:`Options.arguments` hands them over,
+    so a new option is a field here and a parameter there, and no one copies it.
+    """
+    return dataclasses.field(default=default, metadata={"part": part, "keyword": keyword})
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Options:
     """The options of a session manager, each checked at construction."""
 
+    # -- the manager's own ---------------------------------------------------------
     secret: str | Sequence[str] | None = None  # required: >= 32 chars each; the first signs, all verify
-    url: str | URL | None = None  # SQLAlchemy URL of the session database
-    engine: Engine | None = None  # or an Engine you built (then url must be None)
     environ_key: str = "dbsession"  # where the session is put in the WSGI environ
-    cookie_name: str = "connect.sid"  # express-session's default name
-    max_age: int | None = 86400  # seconds a session lives; None: browser-session cookie
-    rolling: bool = False  # extend the expiry on every request, not only on writes
-    touch_after: int = 60  # seconds; with rolling, at most one expiry update per this interval
-    secure: Secure = "auto"  # Secure flag: True, False, or "auto" (when wsgi.url_scheme is https)
-    httponly: bool = True  # HttpOnly flag: the cookie is hidden from JavaScript
-    samesite: SameSite | None = "lax"  # SameSite attribute; None leaves it out
-    domain: str | None = None  # Domain attribute; None: the host that answered
-    path: str = "/"  # Path attribute
-    table_name: str = "sessions"  # may be "schema.table"
-    sid_column: str = "sid"  # name of the session id column
-    schema: str | None = None  # schema of the table, where the database has schemas
-    create_table: bool = True  # create the table and its index on first use when missing
-    cleanup_interval: float = 60  # seconds between prunes of expired rows; 0 disables
-    cleanup_batch_size: int = PRUNE_BATCH_SIZE  # rows per delete statement of a prune
-    serializer: Serializer | None = None  # dumps/loads to and from JSON text; default json
-    max_size: int | None = None  # bytes; a larger serialized session is an error
     unavailable_status: int = 503  # HTTP status when the session database is unreachable
-    override_app_errors: bool = True  # after an outage hit the session load, unavailable_status
-    # replaces the app's own 5xx answer or exception (a framework's error page)
-    user_key: str | None = None  # dotted path of the user id in the session data; None: off
-    # issue 24: CHIPS, the cookie's Partitioned attribute (cross-site embeds); needs Secure
-    partitioned: bool = False
-    # Issue 29 (ASVS 4.0.3 V3.3.2): seconds from a session's creation after which it ends
-    # whatever its activity (it no longer loads, its cookie is expired); None: no limit.
-    absolute_max_age: int | None = None
+    # after an outage hit the session load, unavailable_status replaces the app's own
+    # 5xx answer or exception (a framework's error page)
+    override_app_errors: bool = True
+
+    # -- the store: the table and its database ---------------------------------------
+    url: str | URL | None = option(None, "store")  # SQLAlchemy URL of the session database
+    engine: Engine | None = option(None, "store")  # or an Engine you built (then url must be None)
+    table_name: str = option("sessions", "store")  # may be "schema.table"
+    sid_column: str = option("sid", "store")  # name of the session id column
+    schema: str | None = option(None, "store")  # schema of the table, where the database has schemas
+    create_table: bool = option(True, "store")  # create the table and its index on first use when missing
+    serializer: Serializer | None = option(None, "store")  # dumps/loads to and from JSON text; default json
+    user_key: str | None = option(None, "store")  # dotted path of the user id in the data; None: off
+
+    # -- the cookie -----------------------------------------------------------------
+    cookie_name: str = option("connect.sid", "cookie", "name")  # express-session's default name
+    secure: Secure = option("auto", "cookie")  # True, False, or "auto" (when wsgi.url_scheme is https)
+    httponly: bool = option(True, "cookie")  # HttpOnly flag: the cookie is hidden from JavaScript
+    samesite: SameSite | None = option("lax", "cookie")  # SameSite attribute; None leaves it out
+    domain: str | None = option(None, "cookie")  # Domain attribute; None: the host that answered
+    path: str = option("/", "cookie")  # Path attribute
+    partitioned: bool = option(False, "cookie")  # CHIPS' Partitioned attribute (cross-site embeds)
+
+    # -- a session's lifetime and size ----------------------------------------------
+    max_age: int | None = option(86400, "session")  # seconds a session lives; None: browser-session
+    rolling: bool = option(False, "session")  # extend the expiry on every request, not only on writes
+    touch_after: int = option(60, "session")  # seconds; with rolling, at most one touch per this interval
+    max_size: int | None = option(None, "session")  # bytes; a larger serialized session is an error
+    # seconds from a session's creation after which it ends whatever its activity (ASVS V3.3.2)
+    absolute_max_age: int | None = option(None, "session")
+
+    # -- the prune job --------------------------------------------------------------
+    cleanup_interval: float = option(60, "prune", "interval")  # seconds between prunes; 0 disables
+    cleanup_batch_size: int = option(PRUNE_BATCH_SIZE, "prune", "batch_size")  # rows per delete statement
 
     def __post_init__(self) -> None:
         hints = option_types()
-        for option in dataclasses.fields(self):
-            _check_type(option.name, getattr(self, option.name), hints[option.name])
+        for field in dataclasses.fields(self):
+            _check_type(field.name, getattr(self, field.name), hints[field.name])
         if self.url is not None and self.engine is not None:
             raise ConfigurationError("give url or engine, not both")
         _positive("max_age", self.max_age, "seconds, or None for a browser-session cookie")
@@ -75,6 +95,14 @@ class Options:
             raise ConfigurationError("unavailable_status must be a 5xx HTTP status")
         if self.user_key is not None:
             user_path(self.user_key)
+
+    def arguments(self, part: str) -> dict[str, Any]:
+        """The keyword arguments these options give a part: ``store``, ``cookie``, ``session``, ``prune``."""
+        return {
+            field.metadata["keyword"] or field.name: getattr(self, field.name)
+            for field in dataclasses.fields(self)
+            if field.metadata.get("part") == part
+        }
 
     @classmethod
     def from_keywords(cls, options: dict[str, Any]) -> Options:
