@@ -72,7 +72,7 @@ def django_lts(session: nox.Session) -> None:
     ``tests-3.12`` and ``tests-3.13`` install the newest Django (6.x there), the
     older Pythons 5.2: this session gives 5.2 LTS the newest Python too.
     """
-    session.install(".[test]", "django>=5.2,<5.3")
+    session.install(".[test]", "django>=5.2.14,<5.3")
     run_fast_tests(session, "tests/peers/django")
 
 
