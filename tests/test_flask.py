@@ -327,7 +327,7 @@ def test_options_come_from_dbsession_keys_then_flask_keys() -> None:
         "cleanup_interval": 300,
         "serializer": PLAIN_JSON,
         "httponly": True,
-        "partitioned": False,
+        **partitioned,
     }
 
 
