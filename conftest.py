@@ -81,10 +81,8 @@ def table_name() -> str:
 
 
 class StatementLog:
-    """The request-path statements a store sent, on whichever path it runs them.
-
-    The store's own statement hook sees the driver-cursor path and the Core
-    path alike, so counting never changes the path that is counted.
+    """The statements a store sent: its own statement hook sees the hot statements
+    (run on the driver's cursor) and the work on Core connections alike.
     """
 
     def __init__(self, store: SessionStore) -> None:
@@ -101,22 +99,14 @@ class StatementLog:
         self._stop()
 
 
-@pytest.fixture(params=["driver-cursor", "core"])
-def statement_path(request: pytest.FixtureRequest) -> str:
-    """Both paths a hot statement takes in production: the DBAPI cursor and SQLAlchemy Core."""
-    return str(request.param)
-
-
 @pytest.fixture
-def make_store(db_url: str, table_name: str, statement_path: str) -> Iterator[Callable[..., SessionStore]]:
-    """Build stores on this test's table, on each statement path; the table is dropped afterwards."""
+def make_store(db_url: str, table_name: str) -> Iterator[Callable[..., SessionStore]]:
+    """Build stores on this test's table; the table is dropped afterwards."""
     stores: list[SessionStore] = []
 
     def make(**options: Any) -> SessionStore:
         options.setdefault("table_name", table_name)
         store = SessionStore(url=db_url, **options)
-        if statement_path == "core":
-            store.runner.driver_cursor = False
         stores.append(store)
         return store
 

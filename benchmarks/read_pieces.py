@@ -23,7 +23,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from wsgi_dbsession import cookies, express
-from wsgi_dbsession.statements import _cursor
 
 from . import systems
 from .common import BACKENDS, database_url, drop_tables, markdown_table, unique_table_name
@@ -72,12 +71,12 @@ def _pieces(
     now = dt.datetime.now(dt.timezone.utc)
     stored = store.load(sid, now)
     assert stored is not None
-    prepared = store._select  # the read's statement, compiled by the load above
-    compiled = prepared.compiled
+    prepared = store._select  # the read's statement
+    compiled = prepared.compiled(store.engine.dialect)
     params = {"sid": sid, "now": now}
     parameters = compiled.parameters(params)
     pooled = store.engine.raw_connection()
-    cursor = _cursor(pooled)
+    cursor = pooled.cursor()  # the driver's cursor, as driver.py keeps one per connection
     pooled.close()
     cursor.execute(compiled.sql, parameters)
     row = cursor.fetchall()[0]

@@ -118,3 +118,14 @@ def _number(cell: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def test_statement_cost_sends_the_same_read_every_way_on_every_database() -> None:
+    out = run_module("benchmarks.statement_cost", "--rounds", "1", "--reads", "5")
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| ") and "µs" not in line]
+    assert {(row[1].strip(), row[2].strip()) for row in rows} == {
+        (database, way)
+        for database in DATABASES
+        for way in ("hot path (driver.py)", "Connection.execute (Core)", "Connection.exec_driver_sql")
+    }
+    assert all(_number(row[3]) and _number(row[5]) for row in rows), rows

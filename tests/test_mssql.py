@@ -23,6 +23,7 @@ from tests.apps import session_app
 from tests.db_workers import exercise
 from wsgi_dbsession import SessionMiddleware, SessionStore
 from wsgi_dbsession.dialects import MSSQL, ExpiryTimestamp, SessionJSON, dialect_for
+from wsgi_dbsession.driver import Prepared
 from wsgi_dbsession.express import UTC
 from wsgi_dbsession.prune import PruneLease
 
@@ -159,6 +160,22 @@ def test_expiry_is_bound_as_naive_utc_with_datetime2_precision(offline_store: Se
     read = ExpiryTimestamp().process_result_value(bound, dialect)
     assert read == dt.datetime(2030, 1, 2, 2, 30, 0, 123000, tzinfo=UTC)
     assert sa.types.to_instance(SessionJSON()).compile(dialect=dialect) == "NVARCHAR(max)"
+
+
+def test_the_hot_path_hands_pymssql_the_dialect_s_sql_and_a_dict_of_driver_values(
+    offline_store: SessionStore,
+) -> None:
+    # driver.py runs the MERGE on pymssql's own cursor: pyformat SQL, named values, the
+    # expiry as the naive UTC datetime Core would bind.
+    merge = offline_store.dialect.upsert(offline_store.columns)
+    compiled = Prepared(merge, "write").compiled(offline_store.engine.dialect)
+    assert " ".join(compiled.sql.split()) == sql(merge, offline_store)
+    expires = dt.datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    assert compiled.parameters({"sid": "s1", "sess": "{}", "expired": expires}) == {
+        "sid": "s1",
+        "sess": "{}",
+        "expired": dt.datetime(2030, 1, 2, 3, 4, 5, 678000),
+    }
 
 
 # -- a live server, when there is one ---------------------------------------------------

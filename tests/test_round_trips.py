@@ -164,12 +164,10 @@ class Probe:
         self,
         make_app: MakeApp,
         server: tuple[str, ServerLog, sa.Engine],
-        statement_path: str,
         **options: Any,
     ) -> None:
         self.backend, self.log, engine = server
         self.app, self.middleware = make_app(session_app, engine=engine, **options)
-        self.middleware.store.runner.driver_cursor = statement_path == "driver-cursor"
         self.ids: list[int] = []
         sa.event.listen(engine, "checkout", self._checked_out)
         self.engine = engine
@@ -227,14 +225,12 @@ def one_line(statement: str) -> str:
 
 
 @pytest.fixture
-def probe(
-    server: tuple[str, ServerLog, sa.Engine], make_app: MakeApp, statement_path: str
-) -> Iterator[Callable[..., Probe]]:
+def probe(server: tuple[str, ServerLog, sa.Engine], make_app: MakeApp) -> Iterator[Callable[..., Probe]]:
     # server first: its engine must outlive make_app's teardown, which drops the table through it.
     probes: list[Probe] = []
 
     def make(**options: Any) -> Probe:
-        probes.append(Probe(make_app, server, statement_path, **options))
+        probes.append(Probe(make_app, server, **options))
         return probes[-1]
 
     yield make

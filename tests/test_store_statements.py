@@ -382,22 +382,26 @@ def test_has_table_looks_in_the_store_s_schema(backend: str, engine_for: Any) ->
         assert not SessionStore(engine=engine, table_name=table, create_table=False).has_table()
 
 
-@pytest.mark.parametrize(("option", "on_the_cursor"), [(None, True), (True, True), (False, False)])
-def test_hot_statements_run_on_the_driver_s_cursor_where_tested_unless_told_otherwise(
-    make_store: MakeStore, statement_path: str, option: bool | None, on_the_cursor: bool
+def test_hot_statements_run_on_the_driver_s_cursor_and_the_store_s_hook_sees_each(
+    make_store: MakeStore,
 ) -> None:
-    # The tested drivers (psycopg, PyMySQL, sqlite3) take the hot statements on their own
-    # cursor, past SQLAlchemy's execution events; driver_cursor=False keeps them in Core.
-    if statement_path == "core":
-        pytest.skip("the option under test decides the path itself")
-    store = make_store(driver_cursor=option)
+    # The request path's single statements skip SQLAlchemy's execution path (driver.py):
+    # its cursor events see none of them; store.on_statement sees every one.
+    store = make_store()
     store.create_table()
     core: list[str] = []
     sa.event.listen(
         store.engine, "before_cursor_execute", lambda _c, _cu, statement, *_a: core.append(statement)
     )
-    assert store.load(generate_sid()) is None
-    assert len(core) == (0 if on_the_cursor else 1), core
+    seen: list[str] = []
+    stop = store.on_statement(lambda statement, _parameters: seen.append(statement))
+    sid = generate_sid()
+    store.set(sid, {"a": 1}, at(60))
+    assert store.load(sid) is not None
+    store.destroy(sid)
+    stop()
+    assert core == []
+    assert [statement.split()[0].upper() for statement in seen] == ["INSERT", "SELECT", "DELETE"]
 
 
 def test_an_engine_without_a_url_is_the_default_sqlite_file_in_the_working_directory(

@@ -149,8 +149,6 @@ class SessionDialect:
 
     default_driver: ClassVar[str | None] = None  # the driver a bare URL (``mysql://``) gets
     extra: ClassVar[str | None] = None  # the package extra that installs the driver
-    # Drivers whose hot statements may run on the DBAPI cursor: those tested live.
-    driver_cursor_drivers: ClassVar[frozenset[str]] = frozenset()
     connect_timeout_arg: ClassVar[Mapping[str, str]] = {}  # driver -> its connect-timeout argument
     begin_sql: ClassVar[str] = "BEGIN"  # starts a transaction on an autocommit connection
 
@@ -364,11 +362,6 @@ class SessionDialect:
         """A ``connect`` event listener setting up each new connection, if the database needs one."""
         return None
 
-    @property
-    def driver_cursor(self) -> bool:
-        """Whether hot statements may skip Core's per-execution bookkeeping."""
-        return self.sa_dialect.driver in self.driver_cursor_drivers
-
 
 class SessionColumns:
     """The sessions table and its three columns, whatever the sid column is called."""
@@ -385,19 +378,13 @@ class SessionColumns:
         (sid,) = table.primary_key.columns
         return cls(table, sid.name)
 
-
-def _on_conflict_upsert(insert: Any, columns: SessionColumns) -> Any:
-    stmt = insert(columns.table).values(
-        {
-            columns.sid: sa.bindparam("sid"),
-            columns.sess: sa.bindparam("sess"),
-            columns.expired: sa.bindparam("expired", type_=ExpiryTimestamp()),
+    def row_values(self) -> dict[sa.Column[Any], sa.BindParameter[Any]]:
+        """A whole row's values, bound as ``sid``, ``sess`` and ``expired`` (the upserts')."""
+        return {
+            self.sid: sa.bindparam("sid"),
+            self.sess: sa.bindparam("sess"),
+            self.expired: sa.bindparam("expired", type_=ExpiryTimestamp()),
         }
-    )
-    return stmt.on_conflict_do_update(
-        index_elements=[columns.sid],
-        set_={columns.sess: stmt.excluded.sess, columns.expired: stmt.excluded.expired},
-    )
 
 
 def _create_if_not_exists(conn: Connection, table: sa.Table) -> None:
@@ -406,17 +393,38 @@ def _create_if_not_exists(conn: Connection, table: sa.Table) -> None:
         conn.execute(CreateIndex(index, if_not_exists=True))
 
 
-class PostgreSQL(SessionDialect):
+class _OnConflict(SessionDialect):
+    """PostgreSQL's and SQLite's shared ``INSERT … ON CONFLICT`` (``insert``: the dialect's own)."""
+
+    def insert(self, table: sa.Table) -> Any:
+        raise NotImplementedError  # the dialect's insert() with on_conflict_do_*()
+
+    def upsert(self, columns: SessionColumns) -> Any:
+        stmt = self.insert(columns.table).values(columns.row_values())
+        return stmt.on_conflict_do_update(
+            index_elements=[columns.sid],
+            set_={columns.sess: stmt.excluded.sess, columns.expired: stmt.excluded.expired},
+        )
+
+    def insert_if_absent(
+        self, table: sa.Table, values: dict[str, sa.BindParameter[Any]]
+    ) -> sa.Executable | None:
+        insert: sa.Executable = self.insert(table).values(values).on_conflict_do_nothing()
+        return insert
+
+
+class PostgreSQL(_OnConflict):
     """``INSERT … ON CONFLICT``; ``timestamptz``; prepared statements off for PgBouncer."""
 
     default_driver = "psycopg"
     extra = "postgresql"
-    driver_cursor_drivers = frozenset(("psycopg",))
-    connect_timeout_arg: ClassVar[Mapping[str, str]] = {
-        "psycopg": "connect_timeout",
-        "psycopg2": "connect_timeout",
-    }
+    connect_timeout_arg: ClassVar[Mapping[str, str]] = dict.fromkeys(
+        ("psycopg", "psycopg2"), "connect_timeout"
+    )
     expiry_type = postgresql.TIMESTAMP(timezone=True)
+
+    def insert(self, table: sa.Table) -> Any:
+        return postgresql.insert(table)
 
     def bind_expiry(self, value: dt.datetime) -> Any:
         return value
@@ -429,14 +437,6 @@ class PostgreSQL(SessionDialect):
     ) -> sa.ColumnElement[bool]:
         # json keeps its input text verbatim, so comparing text is exact.
         return sa.cast(column, sa.Text) == value
-
-    def upsert(self, columns: SessionColumns) -> Any:
-        return _on_conflict_upsert(postgresql.insert, columns)
-
-    def insert_if_absent(
-        self, table: sa.Table, values: dict[str, sa.BindParameter[Any]]
-    ) -> sa.Executable | None:
-        return postgresql.insert(table).values(values).on_conflict_do_nothing()
 
     def create_table(self, conn: Connection, table: sa.Table) -> None:
         # Two CREATE … IF NOT EXISTS at once can collide in the catalog; a
@@ -591,11 +591,9 @@ class MySQL(SessionDialect):
 
     default_driver = "pymysql"
     extra = "mysql"
-    driver_cursor_drivers = frozenset(("pymysql",))
-    connect_timeout_arg: ClassVar[Mapping[str, str]] = {
-        "pymysql": "connect_timeout",
-        "mysqldb": "connect_timeout",
-    }
+    connect_timeout_arg: ClassVar[Mapping[str, str]] = dict.fromkeys(
+        ("pymysql", "mysqldb"), "connect_timeout"
+    )
     expiry_type = mysql.DATETIME()
     # 1213: deadlock, also a Galera certification conflict; 1205: lock wait timeout.
     conflict_codes = frozenset((1213, 1205))
@@ -625,13 +623,7 @@ class MySQL(SessionDialect):
         return column == _CastAsJSON(value)
 
     def upsert(self, columns: SessionColumns) -> Any:
-        stmt = mysql.insert(columns.table).values(
-            {
-                columns.sid: sa.bindparam("sid"),
-                columns.sess: sa.bindparam("sess"),
-                columns.expired: sa.bindparam("expired", type_=ExpiryTimestamp()),
-            }
-        )
+        stmt = mysql.insert(columns.table).values(columns.row_values())
         return stmt.on_duplicate_key_update(
             {columns.sess: stmt.inserted.sess, columns.expired: stmt.inserted.expired}
         )
@@ -856,23 +848,17 @@ class MSSQL(SessionDialect):
         )
 
 
-class SQLite(SessionDialect):
+class SQLite(_OnConflict):
     """``INSERT … ON CONFLICT``; ISO text timestamps; WAL and a busy timeout on files."""
 
-    driver_cursor_drivers = frozenset(("pysqlite",))
     begin_sql = "BEGIN IMMEDIATE"  # takes the write lock now, not at the first write
     expiry_type = _SQLiteTimestamp()
 
+    def insert(self, table: sa.Table) -> Any:
+        return sqlite.insert(table)
+
     def bind_expiry(self, value: dt.datetime) -> Any:
         return to_iso_z(value)
-
-    def upsert(self, columns: SessionColumns) -> Any:
-        return _on_conflict_upsert(sqlite.insert, columns)
-
-    def insert_if_absent(
-        self, table: sa.Table, values: dict[str, sa.BindParameter[Any]]
-    ) -> sa.Executable | None:
-        return sqlite.insert(table).values(values).on_conflict_do_nothing()
 
     def lock_row(self, select: sa.Select[Any], table: sa.Table) -> sa.Select[Any]:
         return select  # BEGIN IMMEDIATE holds the database's write lock already

@@ -1,24 +1,18 @@
-"""How the store's statements reach the database: one path, with a fast lane for hot statements.
+"""How the store's statements reach the database: every one through :class:`StatementRunner`.
 
-Every statement runs through :class:`StatementRunner`, which owns what
-surrounds it: a fresh pool in a forked process, one retry on a fresh
-connection after a disconnect or on a read-only server (a failover's old
-primary), retries of a lost race (a deadlock, a
-cluster's certification conflict), and the translation of driver errors
-into the package's own.
-
-The hot statements of the request path (:class:`Prepared`) are compiled
-once and, where the dialect allows, run on the pooled connection's DBAPI
-cursor: a primary-key lookup on a nearby database takes less time than
-SQLAlchemy's per-execution bookkeeping. That lane keeps the Core
-statement, the dialect's SQL, the types' bind and result processing, and
-Core's disconnect handling, using only public API
-(:meth:`Engine.raw_connection`, :meth:`PoolProxiedConnection.invalidate`,
-:meth:`Compiled.construct_params`, ``positiontup``, the types'
-``bind_processor``/``result_processor``). Statement observers
-(:meth:`StatementRunner.observe`) see the statements of both lanes, and so
-do the metrics observers (``observers``, :mod:`wsgi_dbsession.observe`):
-each attempt's duration and outcome, without its parameters.
+The runner owns what surrounds a statement: a fresh pool in a forked
+process, one retry on a fresh connection after a disconnect or on a
+read-only server (a failover's old primary), retries of a lost race (a
+deadlock, a cluster's certification conflict), and the translation of
+driver errors into the package's own. What it runs is either a hot
+statement of the request path (:meth:`StatementRunner.first`,
+:meth:`StatementRunner.rowcount`: one :class:`~wsgi_dbsession.driver.Prepared`
+statement on the pooled connection's DBAPI cursor, :mod:`wsgi_dbsession.driver`)
+or work on a Core ``Connection`` (:meth:`StatementRunner.run`: the locked
+save, prune, DDL, inspection). Statement observers
+(:meth:`StatementRunner.observe`) see the statements of both, and so do the
+metrics observers (``observers``, :mod:`wsgi_dbsession.observe`): each
+attempt's duration and outcome, without its parameters.
 """
 
 from __future__ import annotations
@@ -34,7 +28,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from . import driver
 from .dialects import SessionDialect
+from .driver import Prepared
 from .exceptions import ConcurrentUpdateError, StoreError, StoreUnavailable
 from .observe import Event, Observers
 
@@ -54,69 +50,6 @@ CONFLICT_PAUSE = 0.002  # seconds
 MAX_CONFLICT_PAUSE = 0.25  # seconds
 
 
-class Prepared:
-    """A hot statement and, once connected, its SQL and value processing for the engine's dialect."""
-
-    def __init__(self, statement: Any, operation: str) -> None:
-        self.statement = statement
-        self.operation = operation  # the store operation it serves, for metrics
-        self.compiled: _Compiled | None = None
-
-    def compile(self, dialect: Dialect) -> _Compiled:
-        # Compiled once connected: MySQL's SQL differs for MariaDB, known only then.
-        if self.compiled is None:
-            self.compiled = _Compiled(self.statement, dialect)
-        return self.compiled
-
-
-class _Compiled:
-    def __init__(self, statement: Any, dialect: Dialect) -> None:
-        self.compiled = compiled = statement.compile(dialect=dialect)
-        self.sql: str = compiled.string
-        binds = compiled.binds
-        processors = {
-            name: bind.type.dialect_impl(dialect).bind_processor(dialect) for name, bind in binds.items()
-        }
-        self.positional = compiled.positiontup is not None
-        names = list(compiled.positiontup) if self.positional else list(binds)
-        # Every value comes from the caller, under its own name: the parameters
-        # are built straight from them; anything else goes through construct_params.
-        self.direct = all(name in binds and binds[name].required for name in names)
-        self.names = names
-        self.order = [(name, processors.get(name)) for name in names]
-        columns = getattr(statement, "selected_columns", ())
-        self.result_processors = [
-            (position, processor)
-            for position, column in enumerate(columns)
-            if (processor := column.type.dialect_impl(dialect).result_processor(dialect, None)) is not None
-        ]
-
-    def parameters(self, params: dict[str, Any]) -> Any:
-        try:
-            if not self.direct:
-                params = self.compiled.construct_params(params)
-            values = [
-                params[name] if process is None else process(params[name]) for name, process in self.order
-            ]
-        except KeyError as exc:
-            raise sa.exc.StatementError(
-                f"A value is required for bind parameter {exc}", self.sql, None, exc
-            ) from exc
-        except Exception as exc:  # as Core reports a value its type refuses
-            raise sa.exc.StatementError(str(exc), self.sql, None, exc) from exc
-        if self.positional:
-            return tuple(values)
-        return dict(zip(self.names, values, strict=True))
-
-    def row(self, row: Any) -> tuple[Any, ...] | None:
-        if row is None or not self.result_processors:
-            return row  # type: ignore[no-any-return]
-        values = list(row)
-        for position, process in self.result_processors:
-            values[position] = process(values[position])
-        return tuple(values)
-
-
 class StatementRunner:
     """Runs statements on an engine for one store: fork-safe, retried, errors translated."""
 
@@ -125,12 +58,10 @@ class StatementRunner:
         engine: Engine,
         dialect: SessionDialect,
         *,
-        driver_cursor: bool,  # hot statements on the DBAPI cursor
         before_use: Callable[[], None] = lambda: None,  # e.g. create the table on first use
     ) -> None:
         self.engine = engine
         self.dialect = dialect
-        self.driver_cursor = driver_cursor
         self.before_use = before_use
         self._pid = os.getpid()
         self._commit: bool | None = None  # whether statements need a COMMIT (not in autocommit)
@@ -138,10 +69,10 @@ class StatementRunner:
         self.observers = Observers()  # metrics: each attempt's duration and outcome
 
     def observe(self, observer: Observer) -> Callable[[], None]:
-        """Call ``observer(sql, parameters)`` before every statement, on either lane; returns its remover.
+        """Call ``observer(sql, parameters)`` before every statement; returns its remover.
 
-        Core's statements reach it through the engine's cursor event, the
-        driver-cursor lane's from here; watching never changes the lane.
+        Work on a Core connection reaches it through the engine's cursor
+        event, the hot statements from :func:`driver.execute`.
         """
         if not self._observers:
             sa.event.listen(self.engine, "before_cursor_execute", self._on_core_statement)
@@ -170,59 +101,13 @@ class StatementRunner:
         return int(self._hot(prepared, params, fetch=False))
 
     def _hot(self, prepared: Prepared, params: dict[str, Any], *, fetch: bool) -> Any:
-        if self.driver_cursor:
-            return self._retrying(
-                lambda: self._on_cursor(prepared, params, fetch), operation=prepared.operation
-            )
-
-        def work(conn: Connection) -> Any:
-            result = conn.execute(prepared.statement, params)
-            return result.first() if fetch else result.rowcount
-
-        return self.run(work, operation=prepared.operation)
-
-    def _on_cursor(self, prepared: Prepared, params: dict[str, Any], fetch: bool) -> Any:
-        dialect = self.engine.dialect
-        pooled = None
-        cursor = None
-        sql = None
-        try:
-            pooled = self.engine.raw_connection()
-            compiled = prepared.compiled or prepared.compile(dialect)
-            sql = compiled.sql
-            parameters = compiled.parameters(params)
-            if self._observers:
-                self._notify(sql, parameters)
-            cursor = _cursor(pooled)
-            cursor.execute(sql, parameters)
-            if fetch:
-                rows = cursor.fetchall()  # to the end: SQLite ends the statement's read snapshot there
-                result = compiled.row(rows[0] if rows else None)
-            else:
-                result = cursor.rowcount
-            if self._commit is not False and self._needs_commit(pooled.dbapi_connection):
-                pooled.commit()
-            return result
-        except dialect.loaded_dbapi.Error as exc:
-            invalidated = pooled is not None and dialect.is_disconnect(exc, pooled.dbapi_connection, cursor)
-            if invalidated:
-                assert pooled is not None
-                # As Core does: the server restarted or dropped us, so the
-                # connections pooled before now are not trusted either.
-                pooled.invalidate(exc)
-                self.engine.dispose()
-            raise DBAPIError.instance(
-                sql,
-                None,
-                exc,
-                dialect.loaded_dbapi.Error,
-                hide_parameters=True,
-                dialect=dialect,
-                connection_invalidated=invalidated,
-            ) from exc
-        finally:
-            if pooled is not None:
-                pooled.close()
+        notify = self._notify if self._observers else None
+        return self._retrying(
+            lambda: driver.execute(
+                self.engine, prepared, params, fetch=fetch, needs_commit=self._needs_commit, notify=notify
+            ),
+            operation=prepared.operation,
+        )
 
     def _notify(self, sql: str, parameters: Any) -> None:
         for observer in self._observers:
@@ -369,19 +254,6 @@ def needs_commit(dialect: Dialect, dbapi_connection: Any) -> bool:
         return dbapi_connection is None or not dialect.detect_autocommit_setting(dbapi_connection)
     except NotImplementedError:
         return True
-
-
-_CURSOR = "wsgi_dbsession.cursor"
-
-
-def _cursor(pooled: Any) -> Any:
-    """The pooled connection's DBAPI cursor, made once per connection (a new one costs µs per statement)."""
-    cached = pooled.info.get(_CURSOR)
-    if cached is not None and cached[0] is pooled.dbapi_connection:
-        return cached[1]
-    cursor = pooled.cursor()
-    pooled.info[_CURSOR] = (pooled.dbapi_connection, cursor)
-    return cursor
 
 
 def store_error(

@@ -30,11 +30,12 @@ from .dialects import (
     dialect_for,
     user_path,
 )
+from .driver import Prepared
 from .exceptions import ConfigurationError, StoreError
 from .express import BROWSER_SESSION_ROW_LIFETIME, COOKIE_KEY, CREATED_KEY, UTC, strip_reserved
 from .observe import Event, Observers
 from .observe import Observer as MetricsObserver
-from .statements import Observer, Prepared, StatementRunner
+from .statements import Observer, StatementRunner
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +209,6 @@ class SessionStore:
         schema: str | None = None,
         create_table: bool = True,
         serializer: Serializer | None = None,
-        driver_cursor: bool | None = None,  # hot statements on the DBAPI cursor; None: where tested
         user_key: str | None = None,  # dotted path of the user id in the session data ("passport.user")
     ) -> None:
         if url is not None and engine is not None:
@@ -238,12 +238,7 @@ class SessionStore:
         self.dialect = dialect = dialect_for(self.engine.dialect)
         self._table_ready = not create_table
         self._table_lock = threading.Lock()
-        self.runner = StatementRunner(
-            self.engine,
-            dialect,
-            driver_cursor=dialect.driver_cursor if driver_cursor is None else driver_cursor,
-            before_use=self._ensure_table,
-        )
+        self.runner = StatementRunner(self.engine, dialect, before_use=self._ensure_table)
 
         table, sid, sess, expired = self.table, columns.sid, columns.sess, columns.expired
         expiry = ExpiryTimestamp()
