@@ -71,7 +71,8 @@ def test_request_cost_tables_have_every_system_on_every_database(tmp_path: Path)
     assert set(cpu) == {*SYSTEMS, "wsgi_dbsession - min"}
     targets = found["Targets"]
     assert len(targets) == 7 * len(DATABASES)
-    assert any(row["target"] == "unused session ≤ +2 µs" for row in targets)
+    assert any(row["target"] == "unused session ≤ +1 µs" for row in targets)
+    assert any(row["target"] == "read: CPU over min ≤ +7 µs" for row in targets)
     assert "Read latency by table size (median µs over 2 interleaved rounds)" in found
     if importlib.util.find_spec("matplotlib") is not None:
         assert f"chart written to {chart}" in out
