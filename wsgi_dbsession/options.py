@@ -81,8 +81,7 @@ class Options:
         hints = option_types()
         for field in dataclasses.fields(self):
             _check_type(field.name, getattr(self, field.name), hints[field.name])
-        if self.url is not None and self.engine is not None:
-            raise ConfigurationError("give url or engine, not both")
+        # url and engine together: SessionStore refuses them (it is built from these options).
         _positive("max_age", self.max_age, "seconds, or None for a browser-session cookie")
         _positive("max_size", self.max_size, "bytes, or None for no limit")
         _positive("absolute_max_age", self.absolute_max_age, "seconds, or None for no absolute limit")
