@@ -39,7 +39,7 @@ import importlib
 import logging
 import re
 import secrets
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -55,7 +55,7 @@ from .cookies import MIN_SECRET_LENGTH, parse_secrets
 from .exceptions import ConfigurationError, SessionError, StoreUnavailable
 from .manager import SessionManager
 from .middleware import cache_headers
-from .session import Session
+from .session import MappingOver, Session
 from .settings import parse_settings
 from .store import JSONSerializer
 
@@ -391,7 +391,7 @@ class DBSessionInterface(SessionInterface):
             session.regenerate()
 
 
-class FlaskSession(SessionMixin):
+class FlaskSession(MappingOver, SessionMixin):
     """``flask.session``: a wsgi_dbsession :class:`Session` with Flask's session attributes.
 
     Reads and writes go to ``dbsession`` (the package's session, also at
@@ -432,27 +432,10 @@ class FlaskSession(SessionMixin):
         self._stand_in = {}
         self.saves = False
 
-    # -- the mapping ----------------------------------------------------------------
+    # -- the mapping: MappingOver's methods over _mapping() ---------------------------
 
-    def __getitem__(self, key: str) -> Any:
-        return self._mapping()[key]
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self._mapping()[key] = value
+    def _written(self) -> None:
         self._modified = True
-
-    def __delitem__(self, key: str) -> None:
-        del self._mapping()[key]
-        self._modified = True
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._mapping())
-
-    def __len__(self) -> int:
-        return len(self._mapping())
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._mapping()
 
     def __repr__(self) -> str:
         return f"<FlaskSession {self.dbsession!r}>"
