@@ -40,7 +40,7 @@ class Planted:
 PLANTED = [
     Planted(
         "rolling-never-extends",
-        "session.py",
+        "saving.py",
         "        if not headers_sent and self._factory.rolling and self._touch_due(row, now := utcnow()):\n"
         "            expires = self._record.expiry(now, self._factory.absolute_max_age)\n",
         "        if not headers_sent and self._factory.rolling and self._touch_due(row, now := utcnow()):\n"
@@ -53,8 +53,8 @@ PLANTED = [
     ),
     Planted(
         "merge-drops-deletions",
-        "session.py",
-        "            for key in removed:\n                merged.pop(key, None)\n",
+        "saving.py",
+        "        for key in self.removed:\n            merged.pop(key, None)\n",
         "",
         (
             "tests/test_concurrency.py::"
@@ -95,7 +95,7 @@ PLANTED = [
     ),
     Planted(
         "rename-of-a-vanished-row-writes-nothing",
-        "session.py",
+        "saving.py",
         "        if not store.rename(row.sid, self._sid, text, expires):\n"
         "            store.write(self._sid, text, expires)",
         "        if not store.rename(row.sid, self._sid, text, expires):\n            pass",
@@ -134,9 +134,9 @@ PLANTED = [
     ),
     Planted(
         "merge-keeps-reserved-keys",
-        "session.py",
-        "            merged = express.strip_reserved(serializer.loads(current))\n",
-        "            merged = serializer.loads(current)\n",
+        "saving.py",
+        "        merged = express.strip_reserved(loads(current))\n",
+        "        merged = loads(current)\n",
         (
             "tests/test_concurrency.py::"
             "test_a_merged_save_keeps_the_machinery_s_keys_out_of_the_session[sqlite]",
@@ -158,11 +158,11 @@ PLANTED = [
     # Issue 22's three, which no test caught when they were planted.
     Planted(
         "saved-session-forgets-held-values",
-        "session.py",
+        "saving.py",
         "        self._snapshots = {\n"
         "            key: self._dumps({key: value})\n"
         "            for key, value in self._data.items()\n"
-        "            if not isinstance(value, _IMMUTABLE)\n"
+        "            if not isinstance(value, IMMUTABLE)\n"
         "        }\n",
         "        self._snapshots = {}\n",
         (

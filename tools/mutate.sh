@@ -9,7 +9,7 @@
 # untracked, not ignored, files; --head: the last commit; --source: a copy of
 # the project elsewhere), with mutation/setup.cfg as its setup.cfg, so
 # mutmut's mutants/ directory never lands in the checkout. mutmut mutates
-# the modules listed in mutation/setup.cfg (session.py, cookies.py, manager.py,
+# the modules listed in mutation/setup.cfg (session.py, saving.py, cookies.py, manager.py,
 # middleware.py, store.py, prune.py; or the mutants named, e.g.
 # 'wsgi_dbsession.store*'), and runs against each mutant the tests of the fast
 # files (see mutation/setup.cfg) that call the mutated function, on SQLite and PostgreSQL (--all-backends:

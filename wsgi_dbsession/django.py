@@ -47,6 +47,7 @@ from .cookies import encode_value, generate_sid, sign
 from .exceptions import SerializationError, SessionTooLarge
 from .manager import SessionManager
 from .prune import prune_once
+from .saving import KeyChanges, explain
 from .settings import parse_settings
 from .store import SessionStore as Store
 from .store import utcnow
@@ -210,20 +211,14 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django has no type hin
         the row gone (a logout elsewhere) is an :class:`UpdateError`, as
         Django's own database backend raises.
         """
-        loads, dumps = self._manager.store.serializer.loads, self._dumps
-        base = express.strip_reserved(loads(row.text))
-        updated = {
-            key: value for key, value in data.items() if key not in base or dumps(value) != dumps(base[key])
-        }
-        removed = [key for key in base if key not in data]
+        loads = self._manager.store.serializer.loads
+        changes = KeyChanges.between(row.text, data, loads, self._dumps)  # the package's merge
         merged: dict[str, Any] = {}
         text = ""
 
         def rewrite(current: str) -> tuple[str, dt.datetime]:
             nonlocal merged, text
-            merged = {**express.strip_reserved(loads(current)), **updated}
-            for key in removed:
-                merged.pop(key, None)
+            merged = changes.applied_to(current, loads)
             text = self._serialize(merged, now, expires)
             return text, expires
 
@@ -314,25 +309,12 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django has no type hin
             )
         return record
 
-    def _dumps(self, value: Any) -> str:
+    def _dumps(self, value: dict[str, Any]) -> str:
+        serializer = self._manager.store.serializer
         try:
-            return self._manager.store.serializer.dumps(value)
+            return serializer.dumps(value)
         except (TypeError, ValueError) as exc:
-            raise _explain(self._manager.store, value, exc) from exc
-
-
-def _explain(store: Store, value: Any, exc: Exception) -> SerializationError:
-    """Name the top-level key whose value the serializer cannot store."""
-    for key, item in value.items() if isinstance(value, dict) else ():
-        try:
-            store.serializer.dumps(item)
-        except (TypeError, ValueError):
-            return SerializationError(
-                f"session[{key!r}] holds a {type(item).__name__} that cannot be stored ({exc}); "
-                "store JSON types (str, int, float, bool, None, list, dict), as Django's JSONSerializer does",
-                key,
-            )
-    return SerializationError(f"the session cannot be serialized: {exc}")
+            raise explain(serializer, value, exc) from exc  # the package's message, naming the path
 
 
 class SessionMiddleware(MiddlewareMixin):  # type: ignore[misc]  # Django has no type hints

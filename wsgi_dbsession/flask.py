@@ -39,7 +39,8 @@ import importlib
 import logging
 import re
 import secrets
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -55,7 +56,7 @@ from .cookies import MIN_SECRET_LENGTH, parse_secrets
 from .exceptions import ConfigurationError, SessionError, StoreUnavailable
 from .manager import SessionManager
 from .middleware import cache_headers
-from .session import Session
+from .session import MappingOver, Session
 from .settings import parse_settings
 from .store import JSONSerializer
 
@@ -68,19 +69,6 @@ CONFIG_PREFIX = "DBSESSION_"
 EXTENSION_KEY = "dbsession"
 # Where the request's FlaskSession is kept in the WSGI environ.
 ENVIRON_KEY = "wsgi_dbsession.flask"
-# The cookie options a SESSION_COOKIE_* key stands in for. Flask's own values always;
-# SECURE and SAMESITE only when the app moved them from Flask's defaults (False, None),
-# which are less safe than the package's ("auto", "lax").
-_FLASK_COOKIE_KEYS = {
-    "SESSION_COOKIE_NAME": "cookie_name",
-    "SESSION_COOKIE_DOMAIN": "domain",
-    "SESSION_COOKIE_HTTPONLY": "httponly",
-    "SESSION_COOKIE_PARTITIONED": "partitioned",
-}
-_FLASK_COOKIE_KEYS_UNLESS_DEFAULT = {
-    "SESSION_COOKIE_SECURE": "secure",
-    "SESSION_COOKIE_SAMESITE": "samesite",
-}
 # Flask-Session's keys that mean nothing here, and what replaces each.
 _FLASK_SESSION_KEYS = {
     "SESSION_TYPE": "DBSESSION_URL or DBSESSION_ENGINE (this package is the store)",
@@ -140,6 +128,54 @@ TAGGED_JSON = TaggedJSON()
 PLAIN_JSON = JSONSerializer()
 
 
+_UNSET = object()  # a Flask default that leaves the package's own (options.py)
+
+
+@dataclass(frozen=True)
+class _FromFlask:
+    """An option's default read from one of Flask's keys, where the app or Flask sets it;
+    with ``unless_default``, only where the app moved it from Flask's own default."""
+
+    key: str
+    convert: Callable[[Any], Any] = lambda value: value
+    unless_default: bool = False
+
+    def __call__(self, app: Flask) -> Any:
+        config, defaults = app.config, app.default_config
+        if self.key not in config and self.key not in defaults:
+            return _UNSET  # a key of a later Flask (SESSION_COOKIE_PARTITIONED: 3.1)
+        value = config.get(self.key, defaults.get(self.key))
+        if self.unless_default and value == defaults.get(self.key):
+            return _UNSET
+        return self.convert(value)
+
+
+def _cookie_path(app: Flask) -> Any:
+    path = app.config.get("SESSION_COOKIE_PATH") or app.config.get("APPLICATION_ROOT") or "/"
+    return path if path != "/" else _UNSET
+
+
+# The Flask adapter's defaults, the one place Flask's meaning is mapped: each option no
+# DBSESSION_ key sets takes its value from here. The values are read as settings are
+# (parse_settings: "Strict" is "strict") and checked by Options, an error naming the
+# Flask key; a row of _FromFlask names its key, any other reader is a fixed rule.
+FLASK_DEFAULTS: dict[str, Callable[[Flask], Any]] = {
+    # Flask's browser-session cookie; Flask-Session's SESSION_PERMANENT = True: every session permanent
+    "max_age": lambda app: _permanent_lifetime(app) if app.config.get("SESSION_PERMANENT", False) else None,
+    "rolling": _FromFlask("SESSION_REFRESH_EACH_REQUEST", bool),
+    "serializer": lambda app: TAGGED_JSON,  # Flask's own session format
+    "cookie_name": _FromFlask("SESSION_COOKIE_NAME"),
+    "domain": _FromFlask("SESSION_COOKIE_DOMAIN", unless_default=True),  # Flask's None: the package's
+    "httponly": _FromFlask("SESSION_COOKIE_HTTPONLY", bool),
+    "partitioned": _FromFlask("SESSION_COOKIE_PARTITIONED", bool),
+    # Flask's defaults (False, None) are less safe than the package's ("auto", "lax"): left there,
+    # the package's apply.
+    "secure": _FromFlask("SESSION_COOKIE_SECURE", bool, unless_default=True),
+    "samesite": _FromFlask("SESSION_COOKIE_SAMESITE", lambda value: value or None, unless_default=True),
+    "path": _cookie_path,  # SESSION_COOKIE_PATH, else APPLICATION_ROOT
+}
+
+
 class DBSession:
     """The Flask extension: ``DBSession(app)``, or ``DBSession()`` then ``init_app(app)``.
 
@@ -176,7 +212,7 @@ class DBSession:
         try:
             manager = SessionManager(**options)
         except ConfigurationError as exc:
-            raise ConfigurationError(_config_message(str(exc), _config_keys(app.config))) from exc
+            raise ConfigurationError(_config_message(str(exc), _option_keys(app.config))) from exc
         interface = DBSessionInterface(manager, permanent_lifetime=permanent_lifetime, refused=refused)
         app.session_interface = interface
         app.extensions[EXTENSION_KEY] = interface.manager
@@ -191,14 +227,10 @@ class DBSession:
 def options_from_config(app: Flask) -> dict[str, Any]:
     """The session manager's keyword options from ``app.config``.
 
-    ``DBSESSION_<OPTION>`` keys first; then Flask's own keys where no
-    ``DBSESSION_`` key was given: ``SECRET_KEY`` and ``SECRET_KEY_FALLBACKS``
-    for ``secret`` (left out when neither is set), ``SESSION_REFRESH_EACH_REQUEST``
-    for ``rolling``, the ``SESSION_COOKIE_*`` keys for the cookie options;
-    ``max_age`` is None (Flask's browser-session cookie) unless
-    ``DBSESSION_MAX_AGE`` is given, or Flask-Session's ``SESSION_PERMANENT``
-    is True (then ``PERMANENT_SESSION_LIFETIME``); ``serializer`` is Flask's
-    tagged JSON.
+    ``DBSESSION_<OPTION>`` keys first; then, where no ``DBSESSION_`` key
+    was given, ``SECRET_KEY`` and ``SECRET_KEY_FALLBACKS`` for ``secret``
+    (left out when neither is set) and the Flask adapter's defaults,
+    :data:`FLASK_DEFAULTS`.
     """
     config = app.config
     keys = _config_keys(config)
@@ -211,11 +243,7 @@ def options_from_config(app: Flask) -> dict[str, Any]:
         raise ConfigurationError(_config_message(str(exc), keys)) from exc
     if "secret" not in options and config.get("SECRET_KEY"):
         options["secret"] = _secrets_from_flask(config)
-    permanent = config.get("SESSION_PERMANENT", False)  # Flask-Session's key; Flask's meaning when absent
-    options.setdefault("max_age", _permanent_lifetime(app) if permanent else None)
-    options.setdefault("rolling", bool(config.get("SESSION_REFRESH_EACH_REQUEST", True)))
-    options.setdefault("serializer", TAGGED_JSON)
-    for option, value in _cookie_defaults(app).items():
+    for option, value in _flask_defaults(app).items():
         options.setdefault(option, value)
     if options.get("partitioned") and options.get("secure") is False and "partitioned" not in keys:
         raise ConfigurationError(
@@ -228,6 +256,12 @@ def options_from_config(app: Flask) -> dict[str, Any]:
 def _config_keys(config: Mapping[str, Any]) -> dict[str, str]:
     """Option name to ``DBSESSION_`` key, for each such key the config has."""
     return {key[len(CONFIG_PREFIX) :].lower(): key for key in config if key.startswith(CONFIG_PREFIX)}
+
+
+def _option_keys(config: Mapping[str, Any]) -> dict[str, str]:
+    """Option name to the key it came from: its ``DBSESSION_`` key, else its Flask key."""
+    flask_keys = {option: row.key for option, row in FLASK_DEFAULTS.items() if isinstance(row, _FromFlask)}
+    return {**flask_keys, **_config_keys(config)}
 
 
 def _seconds(value: Any) -> Any:
@@ -280,33 +314,14 @@ def _secrets_from_flask(config: Any) -> list[str]:
     return secrets
 
 
-def _cookie_defaults(app: Flask) -> dict[str, Any]:
-    """Cookie options from the ``SESSION_COOKIE_*`` keys (see ``_FLASK_COOKIE_KEYS``)."""
-    config, flask_defaults = app.config, app.default_config
-    options: dict[str, Any] = {}
-    for key, option in _FLASK_COOKIE_KEYS.items():
-        if key in config or key in flask_defaults:
-            options[option] = config.get(key, flask_defaults.get(key))
-    for key, option in _FLASK_COOKIE_KEYS_UNLESS_DEFAULT.items():
-        value = config.get(key, flask_defaults.get(key))
-        if value != flask_defaults.get(key):
-            options[option] = value
-    if "samesite" in options:
-        value = options["samesite"]
-        word = str(value).lower() if value else None
-        if word not in ("lax", "strict", "none", None):
-            key = "SESSION_COOKIE_SAMESITE"
-            raise ConfigurationError(f"{key} = {value!r}: expected 'Lax', 'Strict', 'None' or None")
-        options["samesite"] = word
-    for option in ("httponly", "secure", "partitioned"):
-        if option in options:
-            options[option] = bool(options[option])
-    if options.get("domain") is None:
-        options.pop("domain", None)
-    path = config.get("SESSION_COOKIE_PATH") or config.get("APPLICATION_ROOT") or "/"
-    if path != "/":
-        options["path"] = path
-    return options
+def _flask_defaults(app: Flask) -> dict[str, Any]:
+    """The options :data:`FLASK_DEFAULTS` reads from ``app``, each checked as a setting."""
+    read = {option: default(app) for option, default in FLASK_DEFAULTS.items()}
+    given = {option: value for option, value in read.items() if value is not _UNSET}
+    try:
+        return parse_settings(given, "")
+    except ConfigurationError as exc:
+        raise ConfigurationError(_config_message(str(exc), _option_keys({}))) from exc
 
 
 def _warn_flask_session_keys(config: Mapping[str, Any]) -> None:
@@ -391,7 +406,7 @@ class DBSessionInterface(SessionInterface):
             session.regenerate()
 
 
-class FlaskSession(SessionMixin):
+class FlaskSession(MappingOver, SessionMixin):
     """``flask.session``: a wsgi_dbsession :class:`Session` with Flask's session attributes.
 
     Reads and writes go to ``dbsession`` (the package's session, also at
@@ -432,27 +447,10 @@ class FlaskSession(SessionMixin):
         self._stand_in = {}
         self.saves = False
 
-    # -- the mapping ----------------------------------------------------------------
+    # -- the mapping: MappingOver's methods over _mapping() ---------------------------
 
-    def __getitem__(self, key: str) -> Any:
-        return self._mapping()[key]
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self._mapping()[key] = value
+    def _written(self) -> None:
         self._modified = True
-
-    def __delitem__(self, key: str) -> None:
-        del self._mapping()[key]
-        self._modified = True
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._mapping())
-
-    def __len__(self) -> int:
-        return len(self._mapping())
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._mapping()
 
     def __repr__(self) -> str:
         return f"<FlaskSession {self.dbsession!r}>"
