@@ -396,7 +396,7 @@ def render_targets(results: list[BackendResult]) -> str:
             rows.append(
                 [
                     db,
-                    f"{SCENARIO_LABELS[scenario]}: {OURS} ÷ {MIN} ≤ {ceiling:.1f}",
+                    f"{SCENARIO_LABELS[scenario]}: {OURS} ÷ {MIN} ≤ {ceiling:g}",
                     fmt_ratio(ratio),
                     _verdict(ratio <= ceiling),
                 ]
