@@ -170,6 +170,8 @@ def test_the_lease_is_one_row_named_prune_in_a_table_beside_the_sessions_table(m
     assert lease_rows(store) == []
 
 
+# slow: waits for a lease to lapse on the database's clock, the same on every Python
+@pytest.mark.slow
 def test_a_lease_lapses_after_its_duration_and_not_before(make_store: MakeStore) -> None:
     store = make_store()
     store.create_table()
@@ -432,7 +434,11 @@ def test_a_forked_child_can_shut_down_the_job_it_inherited(make_store: MakeStore
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])  # the scheduler's behaviour, the same on every database
-@pytest.mark.parametrize("timeout", [0.5, None], ids=["timeout-0.5", "default-timeout-5"])
+# The default's 5 s wait is slow: it runs once per CI run, timeout-0.5 in every session.
+@pytest.mark.parametrize(
+    "timeout",
+    [pytest.param(0.5, id="timeout-0.5"), pytest.param(None, id="default-timeout-5", marks=pytest.mark.slow)],
+)
 def test_shutdown_during_a_batch_run_by_the_scheduler_itself_waits_its_timeout_then_returns(
     make_store: MakeStore, timeout: float | None
 ) -> None:
