@@ -11,8 +11,19 @@ Sessions (``nox -l`` lists them; ``docs/support.md`` is the policy they test):
 - ``django_lts``: Django's own session tests (``tests/peers/django``) on the
   newest Python with Django 5.2 LTS (the ``tests-*`` sessions take 6.x on 3.12+);
 - ``release``: build the sdist and the wheel, ``twine check`` them, check
-  what each carries (LICENSE and CHANGELOG included), install the sdist and
-  run the fast tests from its unpacked directory.
+  what each carries (LICENSE and CHANGELOG included), install the sdist,
+  collect every fast test from its unpacked directory (each test module
+  imports: no helper, data file or conftest left out) and run a few files
+  there (RELEASE_TESTS: ruff and mypy on the unpacked tree, the docs'
+  checks, the store contract and the middleware). Not the whole fast
+  suite: that runs in ``tests-3.13`` on the same Python with the same
+  dependencies, from the same files (check_sdist proves the sdist carries
+  every file git tracks there), so a second full run would find nothing new.
+
+``.ci/run`` sets ``WSGI_DBSESSION_WHOLE_SUITE_PYTHON`` to the Python its
+whole-suite run used (the README's command, newest dependencies): the
+``tests-X.Y`` session of that Python is then skipped, its fast tests being
+a subset of that run. Run by hand (``.ci/matrix.sh``), every session runs.
 
 The fast tests are ``-m "not slow"``: no real gunicorn, uWSGI or Node
 servers, no examples started as processes, no benchmarks, no PgBouncer or
@@ -23,6 +34,7 @@ Galera; they still need PostgreSQL and MariaDB, as the whole suite does.
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import tarfile
 import zipfile
@@ -61,6 +73,8 @@ def run_fast_tests(session: nox.Session, *extra: str) -> None:
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
     """The fast tests with the newest release of every dependency."""
+    if session.python == os.environ.get("WSGI_DBSESSION_WHOLE_SUITE_PYTHON"):
+        session.skip(f"the whole suite ran on Python {session.python} with the newest dependencies (.ci/run)")
     session.install(".[test]")
     run_fast_tests(session)
 
@@ -107,6 +121,17 @@ def lowest(session: nox.Session) -> None:
     # 3.0.0's untyped CLI decorators, that change nothing at run time).
     run_fast_tests(session, "--deselect=tests/test_quality.py")
 
+
+# What the release session runs from the unpacked sdist, after collecting every
+# fast test there: the files that read the tree itself (ruff, mypy, the docs'
+# links and options) and one store and one middleware file (the package runs
+# against the live databases from there). The rest runs in tests-3.13.
+RELEASE_TESTS = (
+    "tests/test_quality.py",
+    "tests/test_docs.py",
+    "tests/test_store_contract.py",
+    "tests/test_middleware.py",
+)
 
 # Files the sdist must carry for its tests to run, beyond what git tracks under
 # these folders (checked when git is there).
@@ -211,4 +236,6 @@ def release(session: nox.Session) -> None:
     (source,) = unpacked.iterdir()
     session.install(f"{sdist}[test]")
     session.chdir(source)
-    run_fast_tests(session)
+    show_versions(session)
+    session.run("python", "-m", "pytest", "--collect-only", "-qq", *FAST_TESTS)
+    session.run("python", "-m", "pytest", *FAST_TESTS, *RELEASE_TESTS, *session.posargs)

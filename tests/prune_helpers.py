@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 import threading
 from typing import Any
@@ -72,9 +71,7 @@ def connection_id(store: SessionStore) -> int | None:
 
 def lease_of_another_process(store: SessionStore) -> PruneLease:
     """A prune lease on ``store`` that names another holder: one test process plays two."""
-    lease = PruneLease(store)
-    lease._pid, lease._holder = os.getpid(), "another process"
-    return lease
+    return PruneLease(store, holder="another process")
 
 
 def hold_the_first_delete(store: SessionStore, hold: float) -> tuple[threading.Event, threading.Event]:

@@ -118,6 +118,9 @@ def drop_lease_table(store: SessionStore) -> None:
     drop_table(store.engine, PruneLease(store).table)
 
 
+# slow: two console-script processes per missing item and database; once per CI run
+# (test_cli.py runs the commands on every Python)
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("item", "breaks"),
     [
@@ -198,6 +201,8 @@ def flask_session_table(make: Callable[..., SessionStore]) -> SessionStore:
     return store
 
 
+# slow: every command as a process on every database; once per CI run
+@pytest.mark.slow
 def test_another_packages_table_is_named_by_check_and_every_command(
     flask_session_table: SessionStore,
 ) -> None:

@@ -110,7 +110,7 @@ def test_a_lapsed_lease_is_taken_over_and_its_old_holder_stops_pruning(make_stor
     leader_store, follower_store = make_store(), make_store()
     seed(leader_store, expired=10, live=0)
     with scheduler(leader_store) as leader, scheduler(follower_store) as follower:
-        follower.lease._pid, follower.lease._holder = os.getpid(), "another process"
+        follower.lease = PruneLease(follower_store, duration=follower.lease.duration, holder="another one")
         assert leader.run_once() == 10
         assert follower.run_once() is None  # the leader keeps the lease between its runs
         # The leader stops renewing (it died, or stalled): its lease lapses.
@@ -126,8 +126,7 @@ def test_a_lapsed_lease_is_taken_over_and_its_old_holder_stops_pruning(make_stor
 
 
 def lease_is_free(store: SessionStore) -> bool:
-    lease = PruneLease(store)
-    lease._pid, lease._holder = os.getpid(), "a prober"
+    lease = PruneLease(store, holder="a prober")
     taken = lease.try_acquire()
     lease.release()
     return taken

@@ -222,6 +222,8 @@ def run_processes(target: Callable[..., None], args: list[tuple[Any, ...]]) -> l
             process.join(timeout=30)
 
 
+# slow: starts processes; the database's concurrency, the same on every Python
+@pytest.mark.slow
 def test_four_processes_creating_the_table_at_once_all_succeed(
     db_url: str, table_name: str, make_store: Callable[..., SessionStore]
 ) -> None:
@@ -234,6 +236,8 @@ def test_four_processes_creating_the_table_at_once_all_succeed(
     ]
 
 
+# slow: starts processes; the database's concurrency, the same on every Python
+@pytest.mark.slow
 def test_upserts_from_many_processes_and_threads(db_url: str, store: SessionStore, table_name: str) -> None:
     errors = run_processes(db_workers.upsert_many, [(db_url, table_name, worker) for worker in range(2)])
     assert errors == [[], []]

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from apscheduler.schedulers.background import BackgroundScheduler
 
 from conftest import LIVE_URLS, StatementLog, drop_table
 from tests.process_helpers import in_child, wait_for
@@ -96,20 +97,30 @@ def test_the_job_runs_in_a_daemon_thread_and_adds_no_info_lines_of_apscheduler_s
 
 
 def test_the_job_is_scheduled_every_interval_on_average_one_run_at_a_time_in_utc(
-    make_store: MakeStore, caplog: pytest.LogCaptureFixture
+    make_store: MakeStore, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # What the scheduler is told: a run every 50-150 % of the interval (half of it, plus
     # up to the interval of jitter: workers started together drift apart), runs that
     # fell behind coalesced into one that still runs however late, never two at once,
     # on the package's own executor (its INFO lines are silenced), in UTC whatever the
     # server's local time zone. Timing this for real would take minutes and still be loose.
+    # The scheduler is seen where the package hands it to APScheduler (its start), not
+    # read from the job's private state.
+    started: list[BackgroundScheduler] = []
+    start = BackgroundScheduler.start
+
+    def recording_start(self: BackgroundScheduler, *args: Any, **kwargs: Any) -> None:
+        started.append(self)
+        start(self, *args, **kwargs)
+
+    monkeypatch.setattr(BackgroundScheduler, "start", recording_start)
     store = make_store()
     store.create_table()
     job = PruneScheduler(store, interval=40)
     try:
         with caplog.at_level(logging.DEBUG, logger="wsgi_dbsession.prune"):
             job.ensure_started()
-        scheduler = job._scheduler
+        (scheduler,) = started
         assert scheduler.timezone == dt.timezone.utc  # not the local zone, even one named UTC
         (scheduled,) = scheduler.get_jobs()
         trigger = scheduled.trigger
@@ -159,6 +170,8 @@ def test_the_lease_is_one_row_named_prune_in_a_table_beside_the_sessions_table(m
     assert lease_rows(store) == []
 
 
+# slow: waits for a lease to lapse on the database's clock, the same on every Python
+@pytest.mark.slow
 def test_a_lease_lapses_after_its_duration_and_not_before(make_store: MakeStore) -> None:
     store = make_store()
     store.create_table()
@@ -421,7 +434,11 @@ def test_a_forked_child_can_shut_down_the_job_it_inherited(make_store: MakeStore
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])  # the scheduler's behaviour, the same on every database
-@pytest.mark.parametrize("timeout", [0.5, None], ids=["timeout-0.5", "default-timeout-5"])
+# The default's 5 s wait is slow: it runs once per CI run, timeout-0.5 in every session.
+@pytest.mark.parametrize(
+    "timeout",
+    [pytest.param(0.5, id="timeout-0.5"), pytest.param(None, id="default-timeout-5", marks=pytest.mark.slow)],
+)
 def test_shutdown_during_a_batch_run_by_the_scheduler_itself_waits_its_timeout_then_returns(
     make_store: MakeStore, timeout: float | None
 ) -> None:

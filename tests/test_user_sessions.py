@@ -340,6 +340,9 @@ def test_the_user_api_needs_a_user_key() -> None:
 # -- acceptance 4: the CLI as real processes ------------------------------------------------------
 
 
+# slow: console-script processes on every database; once per CI run (test_cli.py runs
+# the commands on every Python)
+@pytest.mark.slow
 def test_cli_lists_and_logs_out_a_user(db_url: str, table_name: str, make_store: MakeStore) -> None:
     target = ("--url", db_url, "--table", table_name)
     assert cli("create-table", *target).returncode == 0
@@ -371,6 +374,8 @@ def test_cli_lists_and_logs_out_a_user(db_url: str, table_name: str, make_store:
     assert cli("sessions", *target, "--user-key", "passport.user", "--user", "ivy").stdout == ""
 
 
+# slow: console-script processes on every database; once per CI run
+@pytest.mark.slow
 def test_cli_user_commands_exit_codes(db_url: str, table_name: str) -> None:
     target = ("--url", db_url, "--table", table_name)
     for args in (("sessions", "--user", "ivy"), ("logout-user", "--user", "ivy")):

@@ -62,9 +62,21 @@ class PruneLease:
     """The prune lock of one sessions table, held as a row with an expiry.
 
     ``duration`` is how long a hold lasts without renewal (seconds).
+    ``holder`` is the name this lease writes in the lease row; by default
+    ``host:pid:random``, a new one in each (forked) process. Every lease
+    given the same ``holder`` is one holder and shares its hold: name one
+    only where a single process uses it (a cron job naming itself, a test
+    posing as another process beside this one's own lease).
     """
 
-    def __init__(self, store: SessionStore, *, duration: float = MIN_LEASE, name: str = "prune") -> None:
+    def __init__(
+        self,
+        store: SessionStore,
+        *,
+        duration: float = MIN_LEASE,
+        name: str = "prune",
+        holder: str | None = None,
+    ) -> None:
         self.store = store
         self.duration = duration
         self.name = name
@@ -94,6 +106,7 @@ class PruneLease:
         self._release = sa.delete(self.table).where(c.name == lease, c.holder == me)
         self._ready = False
         self._pid = 0
+        self._named = holder
         self._holder = ""
         self._held = False
 
@@ -104,11 +117,11 @@ class PruneLease:
 
     @property
     def holder(self) -> str:
-        """Who this process is, in the lease row: host, process id, and a random tag."""
+        """Who this process is, in the lease row: the ``holder`` given, else host, pid and a random tag."""
         pid = os.getpid()
         if pid != self._pid:  # a forked child is a holder of its own and holds nothing yet
             self._pid, self._held = pid, False
-            self._holder = f"{socket.gethostname()[:200]}:{pid}:{secrets.token_hex(4)}"
+            self._holder = self._named or f"{socket.gethostname()[:200]}:{pid}:{secrets.token_hex(4)}"
         return self._holder
 
     def try_acquire(self) -> bool:
