@@ -165,9 +165,23 @@ class Contestants:
                 return int(cursor.fetchone()[1])
 
             return read_cursor
-        # A single-threaded caller always gets the pool's one connection back.
         stores = {OURS: self.ours.store, DJANGO_OURS: self.djangos[DJANGO_OURS].store}
-        engine = stores[system].engine if system in stores else systems.beaker_engine(self.url)
+        if system in stores:
+            connections = stores[system].runner.connections
+
+            def read_kept() -> int:
+                # The connection this thread keeps for the store's statements (driver.py).
+                pooled, kept = connections.connection()
+                assert kept, "the store's engine keeps a connection per thread"
+                cursor = pooled.cursor()
+                cursor.execute(sql)
+                value = int(cursor.fetchone()[1])
+                cursor.close()
+                return value
+
+            return read_kept
+        # A single-threaded caller always gets the pool's one connection back.
+        engine = systems.beaker_engine(self.url)
 
         def read_pooled() -> int:
             with engine.connect() as conn:

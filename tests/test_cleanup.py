@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 import webtest
 
-from conftest import SECRET, StatementLog
+from conftest import SECRET, StatementLog, checked_out
 from tests.apps import session_app
 from tests.process_helpers import in_child, wait_for
 from tests.prune_helpers import connection_id, lease_of_another_process, live_rows, seed
@@ -103,7 +103,7 @@ def test_one_holder_of_the_prune_lease_at_a_time(make_store: MakeStore) -> None:
     assert prune_once(second) == 5
     assert theirs.try_acquire()
     theirs.release()
-    assert first.engine.pool.checkedout() == second.engine.pool.checkedout() == 0
+    assert checked_out(first) == checked_out(second) == 0
 
 
 def test_a_lapsed_lease_is_taken_over_and_its_old_holder_stops_pruning(make_store: MakeStore) -> None:
@@ -122,7 +122,7 @@ def test_a_lapsed_lease_is_taken_over_and_its_old_holder_stops_pruning(make_stor
         assert follower.run_once() == 5
         assert leader.run_once() is None  # the follower holds it now
         assert not leader.lease.held
-    assert leader_store.engine.pool.checkedout() == 0
+    assert checked_out(leader_store) == 0
 
 
 def lease_is_free(store: SessionStore) -> bool:
@@ -142,7 +142,7 @@ def test_a_failing_prune_is_logged_and_retried_at_the_next_run(
         assert "retrying at the next interval" in caplog.text
         seed(store, expired=3, live=1)
         assert job.run_once() == 3
-    assert store.engine.pool.checkedout() == 0
+    assert checked_out(store) == 0
 
 
 def test_a_second_run_in_the_same_process_while_one_is_running_does_nothing(make_store: MakeStore) -> None:
@@ -235,7 +235,7 @@ def test_the_first_request_starts_one_job_that_prunes_until_close(
     )
     middleware.close()
     wait_for(lambda: scheduler_threads() == threads)
-    assert store.engine.pool.checkedout() == 0
+    assert checked_out(store) == 0
     assert lease_is_free(make_store(table_name=store.table.name))  # close() gave the lease back
 
 

@@ -353,6 +353,7 @@ def test_store_call_after_the_server_killed_every_pooled_connection_succeeds(
 ) -> None:
     store = make_store()
     store.set("kept", {"n": 1}, whole_second(60))
+    store.release_connection()  # back in the pool with the others
     ids = pooled_ids(store.engine)
     with store.engine.connect(), store.engine.connect(), store.engine.connect():
         pass  # three pooled connections, all about to die as in a server restart

@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 import webtest
 
-from conftest import SECRET, StatementLog, drop_table
+from conftest import SECRET, StatementLog, checked_out, drop_table
 from tests.apps import session_app
 from tests.tcp_proxy import TCPProxy
 from wsgi_dbsession import SessionMiddleware, StoreUnavailable
@@ -56,7 +56,7 @@ def make_proxied(proxy: TCPProxy, db_url: str, table_name: str) -> Iterator[Make
     yield make
     proxy.restore()
     for middleware in built:
-        assert middleware.store.engine.pool.checkedout() == 0, "a connection was left checked out"
+        assert checked_out(middleware.store) == 0, "a connection was left checked out"
         middleware.store.engine.dispose()  # pooled connections died in the cut
         drop_table(middleware.store.engine, middleware.store.table)
         middleware.close()

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from flask import Flask
 from markupsafe import Markup
 
-from conftest import LIVE_URLS, SECRET, StatementLog, drop_table, unique_table_name
+from conftest import LIVE_URLS, SECRET, StatementLog, checked_out, drop_table, unique_table_name
 from tests.example_helpers import EXAMPLES, Browser, serving
 from tests.flask_apps import build_app
 from tests.prune_helpers import live_rows, seed
@@ -91,7 +91,7 @@ def app_factory(url: str, table_name: str) -> Iterator[MakeFlask]:
     for app in apps:
         manager = manager_of(app)
         drop_table(manager.store.engine, manager.store.table)
-        assert manager.store.engine.pool.checkedout() == 0, "a connection was left checked out"
+        assert checked_out(manager.store) == 0, "a connection was left checked out"
         manager.close()
 
 

@@ -13,7 +13,7 @@ from pyramid.interfaces import ISession, ISessionFactory
 from pyramid.request import Request
 from zope.interface.verify import verifyObject
 
-from conftest import SECRET, StatementLog, drop_table
+from conftest import SECRET, StatementLog, checked_out, drop_table
 from tests.webtest_helpers import set_cookies, sid_in
 from wsgi_dbsession import ConfigurationError, SerializationError, Session, SessionMiddleware
 from wsgi_dbsession.pyramid import DBSessionFactory
@@ -91,7 +91,7 @@ def make_pyramid(
     for factory in factories:
         store = factory.manager.store
         drop_table(store.engine, store.table)
-        assert store.engine.pool.checkedout() == 0, "a connection was left checked out"
+        assert checked_out(store) == 0, "a connection was left checked out"
         factory.close()
 
 

@@ -23,12 +23,21 @@ Core itself raises.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import QueuePool
+
+# How long a thread keeps its connection before giving it back to the pool,
+# so the pool's recycle and pre-ping still see every connection.
+HOLD_SECONDS = 30.0
 
 
 class Prepared:
@@ -97,8 +106,117 @@ class Compiled:
         return tuple(values)
 
 
+class HeldConnections:
+    """Each thread's pooled connection for the hot statements, kept from one statement to the next.
+
+    A checkout from SQLAlchemy's pool and its return cost more than a
+    primary-key read on SQLite (measured in a whole request: 13 of 34 µs,
+    docs/benchmarks.md). So on an engine the store made itself, a thread
+    keeps the connection its hot statements use, for at most
+    :data:`HOLD_SECONDS`, and at most the pool's size less one threads keep
+    one: one kept connection is always left for everything else (the prune
+    job, the other threads), and the pool's limits stay what they were. An
+    engine the application passed in is its own: its connections are never
+    kept. A kept connection goes back to the pool after any error, when the
+    engine's pool is replaced (``Engine.dispose()``, a failover), when its
+    thread ends, and on :meth:`release` (``SessionStore.dispose()``). A
+    forked child forgets its parent's without closing them, as
+    ``Engine.dispose(close=False)`` does.
+    """
+
+    def __init__(self, engine: Engine, *, keep: bool) -> None:
+        self.engine = engine
+        self.keep = keep
+        self._local = threading.local()
+        self._count = _Count()  # shared with each _Held: no reference cycle to wait on the GC for
+
+    def connection(self) -> tuple[Any, bool]:
+        """A pooled connection, and whether this thread keeps it (if not, close it after use)."""
+        held: _Held | None = getattr(self._local, "held", None)
+        if held is not None:
+            if held.pool is self.engine.pool and time.monotonic() < held.until:
+                return held.pooled, True
+            self.release()
+        pooled = self.engine.raw_connection()
+        return pooled, self.keep and self._take(pooled)
+
+    @property
+    def kept(self) -> int:
+        """How many threads keep a connection now."""
+        return self._count.value
+
+    def _take(self, pooled: Any) -> bool:
+        pool = self.engine.pool
+        if not isinstance(pool, QueuePool) or not self._count.add(limit=pool.size() - 1):
+            return False
+        self._local.held = _Held(self._count, pooled, self.engine)
+        return True
+
+    def drop(self) -> None:
+        """Stop keeping this thread's connection without closing it (its user closes it)."""
+        held: _Held | None = getattr(self._local, "held", None)
+        if held is not None:
+            self._local.held = None
+            held.forget()
+
+    def release(self) -> None:
+        """Give this thread's kept connection back to the pool, if it keeps one."""
+        held: _Held | None = getattr(self._local, "held", None)
+        if held is not None:
+            self._local.held = None
+            held.close()
+
+
+class _Count:
+    """How many threads keep a connection, under a lock."""
+
+    def __init__(self) -> None:
+        self.value = 0
+        self._lock = threading.Lock()
+
+    def add(self, *, limit: int) -> bool:
+        with self._lock:
+            if self.value >= limit:
+                return False
+            self.value += 1
+            return True
+
+    def remove(self) -> None:
+        with self._lock:
+            self.value -= 1
+
+
+class _Held:
+    """A thread's kept connection; given back when this object goes (its thread ended)."""
+
+    __slots__ = ("count", "engine", "pid", "pool", "pooled", "until")
+
+    def __init__(self, count: _Count, pooled: Any, engine: Engine) -> None:
+        self.count, self.pooled, self.engine, self.pool = count, pooled, engine, engine.pool
+        self.pid = os.getpid()
+        self.until = time.monotonic() + HOLD_SECONDS
+
+    def forget(self) -> Any:
+        pooled, self.pooled = self.pooled, None
+        if pooled is not None:
+            self.count.remove()
+        return pooled
+
+    def close(self) -> None:
+        pooled = self.forget()
+        if pooled is None or self.pid != os.getpid():  # a parent's connection is not a child's to close
+            return
+        if self.pool is not self.engine.pool:
+            pooled.invalidate()  # its pool was disposed meanwhile: close it rather than return it there
+        pooled.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # at interpreter shutdown the pool is going too
+            self.close()
+
+
 def execute(
-    engine: Engine,
+    connections: HeldConnections,
     prepared: Prepared,
     params: dict[str, Any],
     *,
@@ -112,12 +230,14 @@ def execute(
     invalidating the connection (and the pool, as Core does), so the caller
     handles both paths' errors alike.
     """
+    engine = connections.engine
     dialect = engine.dialect
     pooled = None
+    kept = False
     cursor = None
     sql = None
     try:
-        pooled = engine.raw_connection()
+        pooled, kept = connections.connection()
         compiled = prepared.compiled(dialect)
         sql = compiled.sql
         parameters = compiled.parameters(params)
@@ -133,7 +253,12 @@ def execute(
         if needs_commit(pooled.dbapi_connection):
             pooled.commit()
         return result
-    except dialect.loaded_dbapi.Error as exc:
+    except BaseException as exc:
+        if kept:  # after an error the connection goes back to the pool, which resets it
+            connections.drop()
+            kept = False
+        if not isinstance(exc, dialect.loaded_dbapi.Error):
+            raise
         invalidated = pooled is not None and dialect.is_disconnect(exc, pooled.dbapi_connection, cursor)
         if invalidated:
             assert pooled is not None
@@ -151,7 +276,7 @@ def execute(
             connection_invalidated=invalidated,
         ) from exc
     finally:
-        if pooled is not None:
+        if pooled is not None and not kept:
             pooled.close()
 
 

@@ -59,8 +59,10 @@ class StatementRunner:
         dialect: SessionDialect,
         *,
         before_use: Callable[[], None] = lambda: None,  # e.g. create the table on first use
+        keep_connections: bool = False,  # threads keep a pooled connection between hot statements
     ) -> None:
         self.engine = engine
+        self.connections = driver.HeldConnections(engine, keep=keep_connections)
         self.dialect = dialect
         self.before_use = before_use
         self._pid = os.getpid()
@@ -104,7 +106,12 @@ class StatementRunner:
         notify = self._notify if self._observers else None
         return self._retrying(
             lambda: driver.execute(
-                self.engine, prepared, params, fetch=fetch, needs_commit=self._needs_commit, notify=notify
+                self.connections,
+                prepared,
+                params,
+                fetch=fetch,
+                needs_commit=self._needs_commit,
+                notify=notify,
             ),
             operation=prepared.operation,
         )

@@ -238,7 +238,9 @@ class SessionStore:
         self.dialect = dialect = dialect_for(self.engine.dialect)
         self._table_ready = not create_table
         self._table_lock = threading.Lock()
-        self.runner = StatementRunner(self.engine, dialect, before_use=self._ensure_table)
+        self.runner = StatementRunner(
+            self.engine, dialect, before_use=self._ensure_table, keep_connections=self._owns_engine
+        )
 
         table, sid, sess, expired = self.table, columns.sid, columns.sess, columns.expired
         expiry = ExpiryTimestamp()
@@ -369,8 +371,18 @@ class SessionStore:
 
     def dispose(self) -> None:
         """Close pooled connections (only those of an engine this store created)."""
+        self.release_connection()
         if self._owns_engine:
             self.engine.dispose()
+
+    def release_connection(self) -> None:
+        """Give back the pooled connection this thread keeps between session statements, if any.
+
+        On an engine the store made, each thread keeps one (``driver.HeldConnections``);
+        it goes back by itself within 30 seconds, on an error and when the thread
+        ends. For a check that no connection is left checked out.
+        """
+        self.runner.connections.release()
 
     # -- what the session object uses ---------------------------------------
 
