@@ -180,7 +180,8 @@ def read_only_mariadb(table: str) -> Iterator[str]:
                 root = pymysql.connect(host="127.0.0.1", port=port, user="root", connect_timeout=2)
                 break
             except pymysql.err.OperationalError:
-                log = (workdir / "error.log").read_text(errors="replace")
+                error_log = workdir / "error.log"  # the server may not have written it yet
+                log = error_log.read_text(errors="replace") if error_log.exists() else ""
                 assert server.poll() is None and time.monotonic() < deadline, log
                 time.sleep(0.2)
         with root.cursor() as cursor:

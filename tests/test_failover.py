@@ -245,6 +245,7 @@ def test_a_connection_to_a_read_only_server_is_dropped_and_the_write_retried(
     client, middleware = _middleware(LIVE_URLS[backend], table)
     try:
         assert client.get("/").text == "1"
+        middleware.store.release_connection()  # the pool's one connection: the next request's
         raw = middleware.store.engine.raw_connection()
         try:
             raw.cursor().execute(READ_ONLY_SESSION[backend])

@@ -207,6 +207,7 @@ def test_a_direct_connection_keeps_preparing(caplog: pytest.LogCaptureFixture) -
             for _ in range(10):
                 assert store.get("a-session") == {"n": 1}
         assert UNPREPARED_WARNING not in caplog.text
+        store.release_connection()  # back in the pool, where the next checkout finds it
         connection = store.engine.raw_connection()  # the one connection the loads used
         try:
             dbapi_connection: Any = connection.dbapi_connection
