@@ -1,9 +1,10 @@
 """``python -m benchmarks.statement_cost``: what one session read costs on each way to send it.
 
 The store's read (a primary-key ``SELECT`` with the expiry checked in SQL)
-sent three ways on the same pooled engine, in interleaved rounds in one
+sent four ways on the same pooled engine, in interleaved rounds in one
 process: through the store's hot path (``wsgi_dbsession/driver.py``: SQL
-compiled once, the pooled connection's DBAPI cursor), through Core's
+compiled once, the DBAPI cursor of the connection the thread keeps), the
+same with the connection given back to the pool each time, through Core's
 ``Connection.execute`` (with its compiled cache) and through
 ``Connection.exec_driver_sql`` with the same SQL text compiled once. Each
 includes the pool checkout, the fetch and the return, and is timed as CPU
@@ -68,8 +69,14 @@ def ways(store: SessionStore, sid: str) -> dict[str, Callable[[], Any]]:
                 conn.commit()
             return row
 
+    def hot_checked_out() -> Any:
+        row = store.runner.first(prepared, params)
+        store.release_connection()  # back to the pool: a checkout each time, as Core's
+        return row
+
     return {
         "hot path (driver.py)": lambda: store.runner.first(prepared, params),
+        "hot path, checkout each time": hot_checked_out,
         "Connection.execute (Core)": core,
         "Connection.exec_driver_sql": driver_sql,
     }
@@ -121,7 +128,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="wsgi_dbsession-bench-") as tmp:
         for backend in args.databases:
             rows += measure(backend, Path(tmp), args.rounds, args.reads)
-    print(f"### One session read, sent three ways (median over {args.rounds} interleaved rounds)\n")
+    print(f"### One session read, sent four ways (median over {args.rounds} interleaved rounds)\n")
     headers = ["database", "way", "CPU µs", "CPU ÷ hot path", "wall µs", "wall ÷ hot path"]
     print(markdown_table(headers, rows))
 

@@ -109,7 +109,11 @@ def test_read_pieces_times_every_piece_of_a_read_on_every_database() -> None:
         assert f"**{database}**" in out
     rows = [line for line in out.splitlines() if line.startswith("| ") and "µs" not in line]
     pieces = {line.split("|")[1].strip() for line in rows}
-    assert {"the whole read request", "pool checkout and return", "the driver's execute and fetch"} <= pieces
+    assert {
+        "the whole read request",
+        "the thread's kept connection (driver.HeldConnections)",
+        "the driver's execute and fetch",
+    } <= pieces
     assert all(_number(line.split("|")[2]) for line in rows), rows
 
 
@@ -127,6 +131,11 @@ def test_statement_cost_sends_the_same_read_every_way_on_every_database() -> Non
     assert {(row[1].strip(), row[2].strip()) for row in rows} == {
         (database, way)
         for database in DATABASES
-        for way in ("hot path (driver.py)", "Connection.execute (Core)", "Connection.exec_driver_sql")
+        for way in (
+            "hot path (driver.py)",
+            "hot path, checkout each time",
+            "Connection.execute (Core)",
+            "Connection.exec_driver_sql",
+        )
     }
     assert all(_number(row[3]) and _number(row[5]) for row in rows), rows
