@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from wsgi_dbsession import SessionStore
 from wsgi_dbsession.cookies import generate_sid
@@ -55,19 +56,15 @@ def ways(store: SessionStore, sid: str) -> dict[str, Callable[[], Any]]:
     compiled = prepared.compiled(engine.dialect)
     sql, parameters = compiled.sql, compiled.parameters(params)
 
-    def core() -> Any:
-        with engine.connect() as conn:
-            row = conn.execute(statement, params).first()
-            if needs_commit(engine.dialect, conn.connection.dbapi_connection):  # as the hot path
-                conn.commit()
-            return row
+    def on_a_connection(send: Callable[[Connection], Any]) -> Callable[[], Any]:
+        def read() -> Any:
+            with engine.connect() as conn:
+                row = send(conn).first()
+                if needs_commit(engine.dialect, conn.connection.dbapi_connection):  # as the hot path
+                    conn.commit()
+                return row
 
-    def driver_sql() -> Any:
-        with engine.connect() as conn:
-            row = conn.exec_driver_sql(sql, parameters).first()
-            if needs_commit(engine.dialect, conn.connection.dbapi_connection):  # as the hot path
-                conn.commit()
-            return row
+        return read
 
     def hot_checked_out() -> Any:
         row = store.runner.first(prepared, params)
@@ -77,8 +74,8 @@ def ways(store: SessionStore, sid: str) -> dict[str, Callable[[], Any]]:
     return {
         "hot path (driver.py)": lambda: store.runner.first(prepared, params),
         "hot path, checkout each time": hot_checked_out,
-        "Connection.execute (Core)": core,
-        "Connection.exec_driver_sql": driver_sql,
+        "Connection.execute (Core)": on_a_connection(lambda conn: conn.execute(statement, params)),
+        "Connection.exec_driver_sql": on_a_connection(lambda conn: conn.exec_driver_sql(sql, parameters)),
     }
 
 
