@@ -785,6 +785,19 @@ def test_flask_dbsession_commands(db_url: str, table_name: str, tmp_path: Path) 
         store.dispose()
 
 
+@pytest.mark.parametrize(("given", "code"), [("0", 2), ("-3", 2), ("2", 0)])
+def test_flask_prune_checks_its_batch_size_as_the_option_is(
+    make_sqlite_flask: MakeFlask, given: str, code: int
+) -> None:
+    app = make_sqlite_flask()
+    runner = app.test_cli_runner()
+    assert runner.invoke(args=["dbsession", "create-table"]).exit_code == 0
+    result = runner.invoke(args=["dbsession", "prune", "--batch-size", given])
+    assert result.exit_code == code, result.output
+    refused = "cleanup_batch_size must be a positive number of rows" in result.output
+    assert refused == (code == 2), result.output
+
+
 def test_without_secret_key_the_app_starts_and_its_requests_are_refused(make_sqlite_flask: MakeFlask) -> None:
     app = make_sqlite_flask(
         SECRET_KEY=None, login=False, csrf=False

@@ -96,7 +96,7 @@ def _batch_size(text: str) -> int:
 def _checked(option: str, value: Any) -> Any:
     """``value`` if the option takes it (Options' own check), else a usage error."""
     try:
-        Options(**{option: value})
+        Options.check(option, value)
     except ConfigurationError as exc:
         # argparse names the flag: "cleanup_batch_size must be …" is said "must be …".
         message = str(exc)

@@ -56,6 +56,7 @@ from .cookies import MIN_SECRET_LENGTH, parse_secrets
 from .exceptions import ConfigurationError, SessionError, StoreUnavailable
 from .manager import SessionManager
 from .middleware import cache_headers
+from .options import Options
 from .session import MappingOver, Session
 from .settings import parse_settings
 from .store import JSONSerializer
@@ -587,6 +588,16 @@ dbsession_cli = AppGroup(
 )
 
 
+def _checked_option(option: str, value: Any) -> Any:
+    """A command's flag, checked as its option is (``Options.check``), else click's usage error."""
+    if value is None:
+        return None
+    try:
+        return Options.check(option, value)
+    except ConfigurationError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def _interface() -> DBSessionInterface:
     interface = current_app.session_interface
     if not isinstance(interface, DBSessionInterface):
@@ -597,7 +608,8 @@ def _interface() -> DBSessionInterface:
 @dbsession_cli.command("prune")
 @click.option(
     "--batch-size",
-    type=click.IntRange(min=1),
+    type=int,
+    callback=lambda _ctx, _param, value: _checked_option("cleanup_batch_size", value),
     help="rows per delete statement, each its own transaction (default: DBSESSION_CLEANUP_BATCH_SIZE)",
 )
 def prune_command(batch_size: int | None) -> None:

@@ -104,6 +104,15 @@ class Options:
         }
 
     @classmethod
+    def check(cls, option: str, value: Any) -> Any:
+        """``value`` if ``option`` takes it, else the option's own ConfigurationError.
+
+        For an entry point that takes one option its own way (a command-line flag).
+        """
+        cls.from_keywords({option: value})
+        return value
+
+    @classmethod
     def from_keywords(cls, options: dict[str, Any]) -> Options:
         """Options from keyword arguments, naming the nearest option for a misspelt one."""
         return cls(**_known(options))
